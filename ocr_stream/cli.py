@@ -1,0 +1,81 @@
+"""``ocr-stream``: the command line.
+
+Each subcommand lives next to the code it drives and exports ``COMMAND`` (its name), ``HELP`` (one
+line), ``configure(parser)`` and ``run(args, settings) -> int``. Exit codes: 0 success, 1 some work
+failed (e.g. some documents were rejected), 2 usage or configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from . import __version__
+from .config import load_settings
+from .errors import ConfigError, OcrStreamError
+
+# Order is the order in --help.
+COMMAND_MODULES = [
+    "ocr_stream.local",  # run
+    "ocr_stream.producer.cli",  # submit
+    "ocr_stream.producer.splitter",  # splitter
+    "ocr_stream.worker.cli",  # worker
+    "ocr_stream.aggregator.cli",  # aggregator
+    "ocr_stream.status",  # status
+    "ocr_stream.topics_cli",  # topics
+    "ocr_stream.simulator.cli",  # simulate-vllm
+    "ocr_stream.bench",  # bench
+    "ocr_stream.config_cli",  # config
+]
+
+
+def _commands() -> list[ModuleType]:
+    mods = []
+    for name in COMMAND_MODULES:
+        try:
+            mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the module exists but one of its imports is missing: a real error
+                raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocr-stream",
+        description="Documents to Markdown and JSON with DeepSeek-OCR on vLLM, through Kafka. "
+        "Settings come from OCR_STREAM_* environment variables (see `ocr-stream config`).",
+    )
+    parser.add_argument("--version", action="version", version=f"ocr-stream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in _commands():
+        p = sub.add_parser(mod.COMMAND, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        mod.configure(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        from .observability import configure_logging
+
+        configure_logging(settings.log_level)
+        return int(args._run(args, settings))
+    except KeyboardInterrupt:
+        print("ocr-stream: interrupted", file=sys.stderr)
+        return 130
+    except ConfigError as exc:
+        print(f"ocr-stream: {exc}", file=sys.stderr)
+        return 2
+    except OcrStreamError as exc:
+        print(f"ocr-stream: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
