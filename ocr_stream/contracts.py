@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ErrorCode, SchemaViolationError
 
@@ -133,13 +133,11 @@ class PageEvent(_Message):
     source: str | None = Field(default=None, max_length=4096, description="Where the document came from (file name or object).")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Passed through to the result untouched.")
 
-    @field_validator("page_no")
-    @classmethod
-    def _page_no_in_range(cls, v: int, info: Any) -> int:
-        count = info.data.get("page_count") if info.data else None
-        if count is not None and v > count:
-            raise ValueError(f"page_no {v} is greater than page_count {count}")
-        return v
+    @model_validator(mode="after")
+    def _page_no_in_range(self) -> PageEvent:
+        if self.page_no > self.page_count:
+            raise ValueError(f"page_no {self.page_no} is greater than page_count {self.page_count}")
+        return self
 
     @property
     def key(self) -> str:

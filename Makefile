@@ -1,0 +1,53 @@
+# ocr-stream: `make run` OCRs a sample document on this machine; `make test` runs every test against
+# real services. Both set up what they need first (idempotent; quick once done).
+
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-deps services-up services-down bench lint schemas up down clean
+
+help:
+	@echo "make run     OCR samples/sample.pdf end to end on this machine (no Kafka, no GPU, no network)"
+	@echo "make test    install test services (Kafka, MinIO, tools), start them, run the whole suite"
+	@echo "make bench   run the benchmark suite (writes bench/results/<date>.json)"
+	@echo "make lint    mypy on the package"
+	@echo "make up/down the full stack with docker compose on a GPU host"
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	@bash scripts/make_run.sh
+
+test-deps: venv
+	@bash scripts/install-test-tools.sh
+	@$(BIN)/python tests/stack.py install
+
+test: test-deps
+	$(BIN)/python tests/stack.py run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+services-up: test-deps
+	@$(BIN)/python tests/stack.py up
+
+services-down:
+	@$(BIN)/python tests/stack.py down
+
+bench: test-deps
+	$(BIN)/python tests/stack.py run -- $(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/mypy
+
+schemas: venv
+	$(BIN)/ocr-stream topics schemas
+
+clean:
+	rm -rf $(VENV) .stack out .pytest_cache .mypy_cache
