@@ -178,3 +178,29 @@ def corpus_dir() -> Path:
     if not CORPUS.exists():
         pytest.skip("../shared/corpus is absent (a user's clone)")
     return CORPUS
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[..., Any]]:
+    """Factory: ``simulator(speed=50, max_num_seqs=64, ...)`` starts a vLLM simulator on a free port
+    in this process (fields of ``SimulatorConfig``; ``faults`` may be a dict);
+    ``simulator(subprocess=True, args=["--speed", "50"])`` starts ``python -m ocr_stream.simulator``.
+    Both have ``.url``, ``.set_faults(...)`` and ``.state()``; all are stopped after the test."""
+    from ocr_stream.simulator import SimulatorConfig, SimulatorProcess, SimulatorServer
+    from ocr_stream.simulator.config import with_overrides
+
+    started: list[Any] = []
+
+    def factory(*, subprocess: bool = False, args: list[str] | None = None, **config: Any) -> Any:
+        if subprocess:
+            proc = SimulatorProcess.start(*(args or []), die_with_parent=True)
+            started.append(proc)
+            return proc
+        srv = SimulatorServer(with_overrides(SimulatorConfig(port=0), **config))
+        srv.start_in_thread()
+        started.append(srv)
+        return srv
+
+    yield factory
+    for s in reversed(started):
+        s.stop()
