@@ -112,11 +112,23 @@ class Settings(BaseSettings):
     # --- Aggregator --------------------------------------------------------------------------
     stuck_after_s: float = Field(default=900.0, gt=0, description="A document missing pages this long is reported as stuck.")
     close_partial_after_s: float = Field(default=6 * 3600.0, gt=0, description="A document missing pages this long is closed as partial.")
+    forget_after_s: float = Field(
+        default=7 * 86400.0, gt=0,
+        description="The aggregator forgets a published document this long after publishing it (a tombstone on its "
+        "changelog); a result arriving later would start the document afresh. Keep it >= the retention of ocr.results.",
+    )
+    aggregator_instance_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Stable id of this aggregator instance (e.g. a StatefulSet pod name), part of its transactional id: "
+        "a restarted instance with the same id aborts its predecessor's open transaction at once. Unset: a random id "
+        "per process (a crashed instance's open transaction then holds up its partitions until the transaction timeout, 60 s).",
+    )
 
     # --- Observability -----------------------------------------------------------------------
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="Port of /metrics and /healthz (0: off).")
     metrics_host: str = Field(default="0.0.0.0", description="Address /metrics and /healthz bind to.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="WARNING", description="Log level; logs are one JSON object per line.")
+    startup_deadline_s: float = Field(default=300.0, gt=0, description="How long a service waits at start-up for the broker, storage and model servers before it exits 1.")
 
     @field_validator("allowed_buckets", "vllm_urls", mode="before")
     @classmethod

@@ -12,3 +12,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+
+# docker compose (validates docker-compose.yml) and promtool (checks and tests the alert rules):
+# built or extracted once into the cache by the deployment's own script.
+bash "$(dirname "$0")/../deploy/install-tools.sh" >/dev/null
