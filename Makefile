@@ -5,9 +5,10 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
+TSTAMP  := $(VENV)/.installed-test-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-deps services-up services-down bench lint schemas up down clean
+.PHONY: help venv run test test-deps services-up services-down bench lint schemas clean
 
 help:
 	@echo "make run     OCR samples/sample.pdf end to end on this machine (no Kafka, no GPU, no network)"
@@ -16,15 +17,20 @@ help:
 	@echo "make lint    mypy on the package"
 	@echo "make up/down the full stack with docker compose on a GPU host"
 
+# The package alone for `make run`; the test and benchmark extras on top for everything else.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(TSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-venv: $(STAMP)
+venv: $(TSTAMP)
 
-run: venv
+run: $(STAMP)
 	@bash scripts/make_run.sh
 
 test-deps: venv
@@ -51,3 +57,6 @@ schemas: venv
 
 clean:
 	rm -rf $(VENV) .stack out .pytest_cache .mypy_cache
+
+# make up / make down / make deploy-config: the full stack on a GPU host.
+include deploy/Makefile.inc
