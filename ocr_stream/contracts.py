@@ -254,21 +254,29 @@ class DocumentRequest(_Message):
 
 class DocumentProgress(_Message):
     """The aggregator's state for one document, on its compacted changelog keyed ``{doc_id}``.
-    A tombstone (null value) removes a document that was published long ago."""
+    A tombstone (null value) removes a document that was published long ago.
+
+    Compact for large documents: succeeded pages are sorted inclusive ranges (``[[1, 2000]]``), and
+    error messages of failed pages are truncated. ``first_seen_at`` and ``updated_at`` are the
+    aggregator's clock (for stuck detection); ``last_completed_at`` comes from the page results."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     doc_id: DocId
     page_count: int = Field(ge=1, le=1_000_000)
-    pages_ok: list[int] = Field(default_factory=list, description="Page numbers that succeeded, sorted.")
-    pages_failed: list[FailedPage] = Field(default_factory=list, description="Pages that failed for good, sorted.")
+    pages_ok: list[tuple[int, int]] = Field(
+        default_factory=list, description="Pages that succeeded, as sorted, disjoint, inclusive [first, last] ranges."
+    )
+    pages_failed: list[FailedPage] = Field(default_factory=list, description="Pages that failed for good, sorted by page_no.")
     usage: Usage = Field(default_factory=Usage)
     source: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     submitted_at: datetime | None = None
+    header_page: int | None = Field(default=None, description="The page whose result supplied source, metadata and submitted_at (the lowest seen).")
     first_seen_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    stuck_reported: bool = False
+    last_completed_at: datetime | None = Field(default=None, description="Latest completed_at of the counted page results.")
     published: DocumentStatus | None = Field(default=None, description="Set once the document event is published.")
+    published_at: datetime | None = Field(default=None, description="When the document event was published (aggregator's clock).")
 
 
 MESSAGE_MODELS: dict[str, type[BaseModel]] = {

@@ -10,7 +10,7 @@ Offsets follow Kafka's convention: a committed offset is the *next* record to re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
@@ -133,6 +133,22 @@ class Transport(ABC):
     @abstractmethod
     def ensure_topics(self, topics: dict[str, int]) -> None:
         """Make sure the topics exist with at least these partition counts (tests and local mode)."""
+
+    def read_partitions(
+        self, topic: str, partitions: list[int], *, timeout_s: float = 65.0, wait_for_transactions: bool = True
+    ) -> Iterator[Record]:
+        """Every committed record of these partitions of ``topic``, from their beginning to their end,
+        outside any consumer group (read_committed: records of aborted transactions are skipped).
+
+        Used to rebuild state from a changelog. With ``wait_for_transactions``, a transaction still
+        open on a partition when the call starts is waited for (up to ``timeout_s``, then what is
+        committed is read), so that a predecessor's last transaction is either seen or known to be
+        aborted; without, the read stops at the first open transaction at once."""
+        raise NotImplementedError
+
+    def partition_count(self, topic: str) -> int:
+        """Number of partitions of ``topic`` (BrokerUnavailableError when it does not exist)."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release what the transport holds."""

@@ -7,10 +7,13 @@ Client options from settings (SASL, SSL, ...) pass through to librdkafka untouch
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer as _KConsumer,
     KafkaError,
@@ -152,14 +155,29 @@ class KafkaConsumer(Consumer):
 
     def lag(self) -> dict[TopicPartition, int]:
         out = {}
+        unknown = []
         for p in self._c.assignment():
             try:
                 lo, hi = self._c.get_watermark_offsets(p, timeout=1.0, cached=True)
                 pos = self._c.position([p])[0].offset
             except KafkaException:
                 continue
-            if hi >= 0:
-                out[(p.topic, p.partition)] = max(0, hi - (pos if pos >= 0 else lo))
+            if hi < 0:
+                continue
+            if pos >= 0:
+                out[(p.topic, p.partition)] = max(0, hi - pos)
+            else:
+                unknown.append((p, lo, hi))
+        if unknown:
+            # No record consumed yet since assignment: the position is unset, so start from the
+            # group's committed offset (or the beginning, for a new group).
+            try:
+                committed = {(c.topic, c.partition): c.offset for c in self._c.committed([p for p, _lo, _hi in unknown], timeout=2.0)}
+            except KafkaException:
+                committed = {}
+            for p, lo, hi in unknown:
+                start = committed.get((p.topic, p.partition), -1)
+                out[(p.topic, p.partition)] = max(0, hi - (start if start >= 0 else lo))
         return out
 
     def close(self) -> None:
@@ -167,9 +185,12 @@ class KafkaConsumer(Consumer):
 
 
 class KafkaTransport(Transport):
-    def __init__(self, conf: dict[str, str], *, client_id: str = "ocr-stream") -> None:
+    def __init__(self, conf: dict[str, str], *, client_id: str = "ocr-stream", consumer_conf: dict[str, str] | None = None) -> None:
         self.conf = dict(conf)
         self.client_id = client_id
+        # Properties for group consumers only, e.g. group.instance.id (static membership: a restarted
+        # instance gets its partitions back at once instead of after the session timeout).
+        self.consumer_conf = dict(consumer_conf or {})
 
     def producer(self, *, transactional_id: str | None = None, name: str = "") -> KafkaProducer:
         conf: dict[str, Any] = {
@@ -179,10 +200,17 @@ class KafkaTransport(Transport):
             "linger.ms": 5,
             "compression.type": "lz4",
             "message.timeout.ms": 120_000,
+            # Kafka's default partitioner (murmur2 of the key), as Java and Go producers use: records
+            # keyed doc_id then land on the same partition number in ocr.results and the aggregator's
+            # changelog whoever wrote them (librdkafka's default, consistent_random, hashes with CRC32).
+            "partitioner": "murmur2_random",
             **self.conf,
         }
         if transactional_id:
             conf["transactional.id"] = transactional_id
+            # librdkafka requires message.timeout.ms <= transaction.timeout.ms (default 60 s).
+            conf.setdefault("transaction.timeout.ms", 60_000)
+            conf["message.timeout.ms"] = min(int(conf["message.timeout.ms"]), int(conf["transaction.timeout.ms"]))
         return KafkaProducer(conf)
 
     def consumer(self, group_id: str, *, name: str = "", isolation_read_committed: bool = True) -> KafkaConsumer:
@@ -198,6 +226,7 @@ class KafkaTransport(Transport):
             "heartbeat.interval.ms": 2_000,
             "max.poll.interval.ms": 600_000,
             **self.conf,
+            **self.consumer_conf,
         }
         return KafkaConsumer(conf)
 
@@ -215,3 +244,95 @@ class KafkaTransport(Transport):
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerUnavailableError(f"cannot create topic {name}: {exc.args[0]}") from exc
+
+    def _reader(self, isolation: str, *, eof: bool = False) -> _KConsumer:
+        # A group id is required by librdkafka but never joined: partitions are assigned by hand.
+        return _KConsumer({
+            "client.id": f"{self.client_id}-reader",
+            "group.id": f"{self.client_id}-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": eof,
+            "auto.offset.reset": "earliest",
+            "isolation.level": isolation,
+            **self.conf,
+        })
+
+    def partition_count(self, topic: str) -> int:
+        from confluent_kafka.admin import AdminClient
+
+        conf: dict[str, Any] = dict(self.conf)
+        admin = AdminClient(conf)
+        # A topic created a moment ago may be missing from metadata for a while: ask again briefly.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                md = admin.list_topics(topic=topic, timeout=30)
+            except KafkaException as exc:
+                raise BrokerUnavailableError(f"cannot reach Kafka: {exc.args[0]}") from exc
+            t = md.topics.get(topic)
+            if t is not None and t.error is None and t.partitions:
+                return len(t.partitions)
+            if time.monotonic() > deadline:
+                raise BrokerUnavailableError(f"topic {topic} does not exist (create it with `ocr-stream topics apply`)")
+            time.sleep(0.2)
+
+    def read_partitions(
+        self, topic: str, partitions: list[int], *, timeout_s: float = 65.0, wait_for_transactions: bool = True
+    ) -> Iterator[Record]:
+        if not partitions:
+            return
+        deadline = time.monotonic() + timeout_s
+        wait_until = deadline if wait_for_transactions else time.monotonic()
+        committed = self._reader("read_committed", eof=True)
+        uncommitted = self._reader("read_uncommitted")
+        try:
+            # The read_committed high watermark is the last stable offset: it stops short of the end
+            # while a transaction is open. Wait for it to reach the end as it was when we started.
+            def watermarks(c: _KConsumer, p: int) -> tuple[int, int]:
+                # Retried: right after a topic is created or a leader moves, the broker answers
+                # NOT_LEADER / UNKNOWN_TOPIC_OR_PART for a while.
+                while True:
+                    try:
+                        lo, hi = c.get_watermark_offsets(_KTP(topic, p), timeout=10, cached=False)
+                        return int(lo), int(hi)
+                    except KafkaException as exc:
+                        if time.monotonic() > deadline or exc.args[0].fatal():
+                            raise BrokerUnavailableError(f"cannot read {topic}[{p}] offsets: {exc.args[0]}") from exc
+                        time.sleep(0.2)
+
+            ends: dict[int, int] = {}
+            for p in partitions:
+                _lo, hw = watermarks(uncommitted, p)
+                lo, lso = watermarks(committed, p)
+                while lso < hw and time.monotonic() < wait_until:
+                    time.sleep(0.1)
+                    lo, lso = watermarks(committed, p)
+                if lso < hw and wait_for_transactions:
+                    log.warning("a transaction is still open on %s[%d]; reading what is committed", topic, p)
+                if lso > lo:
+                    ends[p] = lso
+            if not ends:
+                return
+            deadline = time.monotonic() + timeout_s  # the wait above does not eat into the read
+            committed.assign([_KTP(topic, p, OFFSET_BEGINNING) for p in ends])
+            pending = set(ends)
+            while pending:
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailableError(f"timed out reading {topic} partitions {sorted(pending)}")
+                for msg in committed.consume(1000, 0.5):
+                    err = msg.error()
+                    part = msg.partition() or 0
+                    if err is None:
+                        yield _record(msg)
+                        if (msg.offset() or 0) + 1 >= ends[part]:
+                            pending.discard(part)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(part)
+                    elif err.fatal():
+                        raise BrokerUnavailableError(f"fatal error reading {topic}: {err.str()}")
+                    else:
+                        log.warning("error reading %s: %s", topic, err.str())
+        finally:
+            committed.close()
+            uncommitted.close()
