@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     repetition_policy: RepetitionPolicy = Field(default=RepetitionPolicy.ON_RETRY, description="`always`, `on_retry` or `off`: when to ask the server for n-gram repetition control.")
     ngram_size: int = Field(default=30, gt=0, description="n-gram size for the server-side repetition processor.")
     ngram_window: int = Field(default=90, gt=0, description="Window for the server-side repetition processor.")
+    stream_responses: bool = Field(
+        default=True,
+        description="Stream model output so runaway repetition is caught and aborted early. Costs worker CPU per "
+        "streamed chunk: run vLLM with `--stream-interval 32` (the compose stack does), or turn this off.",
+    )
     loop_min_period: int = Field(default=8, gt=0, description="Client-side loop detector: shortest repeating unit (characters).")
     loop_min_repeats: int = Field(default=10, gt=1, description="Client-side loop detector: repeats of a unit that count as a loop.")
 

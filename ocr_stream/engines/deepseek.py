@@ -156,6 +156,7 @@ class DeepSeekEngine(Engine):
             loop_min_repeats=settings.loop_min_repeats,
             health_probe_interval_s=settings.health_probe_interval_s,
             adaptive=settings.adaptive_in_flight,
+            stream=settings.stream_responses,
         )
         kwargs.update(overrides)
         return cls(list(settings.vllm_urls), **kwargs)
