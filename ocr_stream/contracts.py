@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ErrorCode, SchemaViolationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 M = TypeVar("M", bound=BaseModel)
 

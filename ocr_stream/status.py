@@ -294,7 +294,7 @@ def cluster_lag(settings: Settings, *, timeout_s: float = 15.0, groups: Sequence
 
 def _cluster_lag_once(admin: Any, settings: Settings, *, timeout_s: float, groups: Sequence[str]) -> list[GroupTopicLag]:
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+    from confluent_kafka.admin import OffsetSpec
 
     listing = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout=timeout_s)
     states = {g.group_id: (g.state.name if g.state is not None else "UNKNOWN") for g in listing.valid}

@@ -121,7 +121,7 @@ class TopicAdmin:
     def __init__(self, conf: dict[str, str], *, prefix: str = "", timeout_s: float = 30.0) -> None:
         from confluent_kafka.admin import AdminClient
 
-        self.admin = AdminClient(conf)
+        self.admin = AdminClient(dict[str, Any](conf))
         self.prefix = prefix
         self.timeout_s = timeout_s
 

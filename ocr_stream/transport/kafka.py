@@ -38,8 +38,15 @@ def _record(msg: Message) -> Record:
         key=msg.key(),
         value=msg.value(),
         timestamp_ms=ts[1] if ts else 0,
-        headers=tuple((k, v or b"") for k, v in (msg.headers() or [])),
+        headers=_headers(msg.headers()),
     )
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for k, v in raw or ():
+        out.append((str(k), v.encode() if isinstance(v, str) else (v or b"")))
+    return tuple(out)
 
 
 class KafkaProducer(Producer):
@@ -233,7 +240,7 @@ class KafkaTransport(Transport):
     def ensure_topics(self, topics: dict[str, int]) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient(self.conf)
+        admin = AdminClient(dict[str, Any](self.conf))
         md = admin.list_topics(timeout=30)
         new = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items() if t not in md.topics]
         if not new:
