@@ -36,42 +36,10 @@ from dataclasses import dataclass, field
 
 from ..errors import BrokerUnavailableError, InternalError
 from .base import Consumer, DeliveryCallback, Producer, RebalanceCallback, Record, TopicPartition, Transport
+from .partitioner import murmur2, partition_for_key
 
 log = logging.getLogger(__name__)
 
-_MASK32 = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (``org.apache.kafka.common.utils.Utils.murmur2``), as a signed 32-bit int."""
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & _MASK32
-    for i in range(length // 4):
-        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
-        k = (k * m) & _MASK32
-        k ^= k >> r
-        k = (k * m) & _MASK32
-        h = (h * m) & _MASK32
-        h ^= k
-    tail = length & ~3
-    rest = length % 4
-    if rest == 3:
-        h ^= data[tail + 2] << 16
-    if rest >= 2:
-        h ^= data[tail + 1] << 8
-    if rest >= 1:
-        h ^= data[tail]
-        h = (h * m) & _MASK32
-    h ^= h >> 13
-    h = (h * m) & _MASK32
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class ProducerFencedError(InternalError):
