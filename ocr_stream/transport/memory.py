@@ -41,7 +41,6 @@ from .partitioner import murmur2, partition_for_key
 log = logging.getLogger(__name__)
 
 
-
 class ProducerFencedError(InternalError):
     """Another producer with the same transactional id called ``init_transactions``: this one is a
     zombie and must not write any more (Kafka's PRODUCER_FENCED)."""
