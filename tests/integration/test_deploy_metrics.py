@@ -100,8 +100,9 @@ def simulator() -> Iterator[Any]:
     from ocr_stream.simulator.process import SimulatorProcess
 
     # Two running slots: the worker's pages queue at the engine, so running, waiting and KV-cache
-    # use all move, as they do on a busy GPU.
-    sim = SimulatorProcess.start("--speed", "20", "--max-num-seqs", "2", "--tokens-fixed", "300")
+    # use all move, as they do on a busy GPU. Slow enough that a 48-page backlog takes several of the
+    # worker's 2-second lag refreshes to drain, so the lag gauge is seen above zero.
+    sim = SimulatorProcess.start("--speed", "8", "--max-num-seqs", "2", "--tokens-fixed", "300")
     yield sim
     sim.stop()
 
@@ -144,10 +145,11 @@ def test_every_dashboard_metric_exists_and_moves(
 
     # A few transient server errors, so that retries by reason move too.
     simulator.set_faults("503", rate=1.0, count=3)
-    # doc-a: clean; doc-b: one page whose image is not an image (fails for good: DLQ);
+    # doc-a: clean, and more pages than the worker holds (in flight + ready queue), so ocr.pages has
+    # a backlog; doc-b: one page whose image is not an image (fails for good: DLQ);
     # doc-c: 3 pages of which only 2 arrive for now (an open, then stuck, document);
     # doc-s: a document in storage, split by the splitter from a request.
-    submit(settings, transport, store, {"doc-a": 12, "doc-b": 8}, images={("doc-b", 5): b"this is not an image"})
+    submit(settings, transport, store, {"doc-a": 48, "doc-b": 8}, images={("doc-b", 5): b"this is not an image"})
     producer = transport.producer(name="test-submit-c")
     for n in (1, 2):
         store.put(page_image_key("doc-c", n), jpeg_bytes(), "image/jpeg")
