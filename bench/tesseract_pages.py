@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-import pymupdf
+import pymupdf as _pymupdf
 from PIL import Image
 
 from ocr_stream.contracts import Mode
@@ -26,6 +26,8 @@ from ocr_stream.engines.base import OcrRequest, PageImage
 from ocr_stream.engines.metrics import character_error_rate
 from ocr_stream.engines.prompts import target_size
 from ocr_stream.engines.tesseract import TesseractEngine
+
+pymupdf: Any = _pymupdf  # untyped
 
 SENTENCE = (
     "The worker keeps a bounded number of pages in flight, commits offsets only after the broker has "

@@ -74,6 +74,10 @@ class LevelResult:
     kv_cache_max: float | None
     cost_per_1000_pages: float | None
     errors: dict[str, int] = field(default_factory=dict)
+    output_tokens: int = 0
+    """Completion tokens of the finished pages, as the server reported them (usage)."""
+    output_tokens_per_page_min: int = 0
+    output_tokens_per_page_max: int = 0
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -136,14 +140,13 @@ async def run_level(
     gpu_price_per_hour: float | None,
 ) -> LevelResult:
     latencies: list[float] = []
-    tokens = 0
+    per_page: list[int] = []
     errors: dict[str, int] = {}
     extra: dict[str, object] = {"ignore_eos": True} if ignore_eos else {}
     next_page = 0
     lock = asyncio.Lock()
 
     async def one(i: int) -> None:
-        nonlocal tokens
         req = OcrRequest(image=images[i % len(images)], mode=mode, prompt=prompt, max_tokens=max_tokens,
                          repetition_control=repetition_control, extra=extra, doc_id="bench", page_no=i + 1)
         t0 = time.perf_counter()
@@ -153,7 +156,7 @@ async def run_level(
             errors[exc.code.value] = errors.get(exc.code.value, 0) + 1
             return
         latencies.append(time.perf_counter() - t0)
-        tokens += out.usage.completion_tokens
+        per_page.append(out.usage.completion_tokens)
 
     async def lane() -> None:
         nonlocal next_page
@@ -175,6 +178,7 @@ async def run_level(
         stop.set()
         await scraper
     done = len(latencies)
+    tokens = sum(per_page)
     pps = done / seconds if seconds > 0 else 0.0
     return LevelResult(
         in_flight=in_flight,
@@ -191,6 +195,9 @@ async def run_level(
         kv_cache_max=max((s.kv_cache for s in samples if s.kv_cache is not None), default=None),
         cost_per_1000_pages=round(gpu_price_per_hour / (pps * 3600) * 1000, 4) if gpu_price_per_hour and pps > 0 else None,
         errors=errors,
+        output_tokens=tokens,
+        output_tokens_per_page_min=min(per_page, default=0),
+        output_tokens_per_page_max=max(per_page, default=0),
     )
 
 
