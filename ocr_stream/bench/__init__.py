@@ -44,6 +44,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="markdown", help="prompt preset or text (default: markdown)")
     p.add_argument("--repetition-control", action="store_true", help="ask for the server-side n-gram processor on every request")
     p.add_argument("--no-stream", action="store_true", help="plain JSON responses instead of streaming")
+    p.add_argument("--no-loop-detection", action="store_true",
+                   help="keep streaming but never abort on a loop (a random-weight replica's output is repetitive by nature)")
     p.add_argument("--gpu-price", type=float, default=None, metavar="USD_PER_HOUR", help="GPU price per hour, for the cost per 1,000 pages")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--build-replica", type=Path, default=None, metavar="DIR", help="write the random-weight replica model directory and exit")
@@ -76,6 +78,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     for level in args.in_flight:
         engine = DeepSeekEngine.from_settings(
             settings.model_copy(update={"vllm_urls": urls}), max_in_flight=level, adaptive=False, stream=not args.no_stream,
+            loop_detection=not args.no_loop_detection,
             max_tokens=args.max_tokens or settings.max_tokens,
         )
         await engine.start()

@@ -40,12 +40,15 @@ ANCHORS: dict[str, int] = {
 }
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 
-# Content parts flattened to text; vLLM inserts the <image> placeholder for image parts itself.
+# A template that walks the content parts makes vLLM pass them as parts ("openai" content format),
+# so the template itself must put DeepSeek-OCR's <image> placeholder where an image part is; without
+# it vLLM 0.26 fails every request ("Failed to apply prompt replacement for mm_items['image'][0]").
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% if part['type'] in ('image_url', 'image', 'input_image') %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{% endfor %}"
 )

@@ -41,10 +41,14 @@ def test_tokenizer_loads_with_transformers_and_has_the_anchor_ids(replica: Path)
     assert isinstance(tok.decode([VOCAB_SIZE - 1, 5000, 128821]), str)
 
 
-def test_chat_template_flattens_text_parts(replica: Path) -> None:
+def test_chat_template_puts_the_image_placeholder_where_the_image_part_is(replica: Path) -> None:
+    """What ocr-stream sends: an image part, then the prompt text without a placeholder."""
     tok = transformers.AutoTokenizer.from_pretrained(str(replica))
-    msgs = [{"role": "user", "content": [{"type": "text", "text": "<image>\nFree OCR."}]}]
-    assert tok.apply_chat_template(msgs, tokenize=False) == "<image>\nFree OCR."
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}},
+                                         {"type": "text", "text": "<|grounding|>Convert the document to markdown."}]}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == "<image>\n<|grounding|>Convert the document to markdown."
+    plain = [{"role": "user", "content": "<image>\nFree OCR."}]
+    assert tok.apply_chat_template(plain, tokenize=False) == "<image>\nFree OCR."
 
 
 def test_refuses_to_overwrite(replica: Path) -> None:
