@@ -111,12 +111,16 @@ def install() -> None:
 # ---------------------------------------------------------------- services
 
 
-def start_kafka(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_kafka(workdir: Path, *, port: int | None = None, controller_port: int | None = None,
+                keep_data: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start a broker in ``workdir``. ``port``/``controller_port`` (default: free ones) and
+    ``keep_data=True`` restart a stopped broker where it was, with its topics and offsets."""
     libs = kafka_libs()
-    port, ctl = free_port(), free_port()
+    port, ctl = port or free_port(), controller_port or free_port()
     data = workdir / "kafka-data"
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
+    if not keep_data:
+        shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True, exist_ok=True)
     props = workdir / "server.properties"
     props.write_text(
         "\n".join([
@@ -149,41 +153,63 @@ def start_kafka(workdir: Path) -> tuple[subprocess.Popen, str]:
     )
     cp = f"{libs}/*"
     java = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={workdir / 'log4j2.yaml'}", "-cp", cp]
-    subprocess.run(
-        java + ["kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(props), "--ignore-formatted"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    if not (data / "meta.properties").exists():  # a restart keeps its formatted data dir
+        subprocess.run(
+            java + ["kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22], "-c", str(props), "--ignore-formatted"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
     logfile = workdir / "kafka.log"
-    proc = subprocess.Popen(java + ["kafka.Kafka", str(props)], stdout=logfile.open("w"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(java + ["kafka.Kafka", str(props)], stdout=logfile.open("a"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     wait_for("Kafka broker", lambda: port_open("127.0.0.1", port), 90, proc, logfile)
     return proc, f"127.0.0.1:{port}"
 
 
-def minio_ready(endpoint: str) -> bool:
+def minio_ready(endpoint: str, *, tls: bool = False) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{endpoint}/minio/health/ready", timeout=1) as r:
+        import ssl
+
+        ctx = ssl._create_unverified_context() if tls else None  # noqa: S323 - readiness probe of our own server
+        with urllib.request.urlopen(f"{'https' if tls else 'http'}://{endpoint}/minio/health/ready", timeout=1, context=ctx) as r:
             return r.status == 200
     except OSError:
         return False
 
 
-def start_minio(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_minio(workdir: Path, *, port: int | None = None, keep_data: bool = False, user: str = MINIO_USER,
+                password: str = MINIO_PASSWORD, certs_dir: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start MinIO in ``workdir``. ``port`` (default: a free one) and ``keep_data=True`` restart a
+    stopped server where it was, with its buckets and objects; ``user``/``password`` are its root
+    credentials; ``certs_dir`` (public.crt, private.key) serves TLS."""
     exe = minio_bin()
-    port, console = free_port(), free_port()
+    port, console = port or free_port(), free_port()
     data = workdir / "minio-data"
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
-    env = dict(os.environ, MINIO_ROOT_USER=MINIO_USER, MINIO_ROOT_PASSWORD=MINIO_PASSWORD,
+    if not keep_data:
+        shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MINIO_ROOT_USER=user, MINIO_ROOT_PASSWORD=password,
                MINIO_BROWSER="off", MINIO_UPDATE="off", MINIO_CI_CD="1")
     logfile = workdir / "minio.log"
+    certs = ["--certs-dir", str(certs_dir)] if certs_dir else []
     proc = subprocess.Popen(
-        [str(exe), "server", str(data), "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}", "--quiet"],
-        stdout=logfile.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [str(exe), "server", str(data), "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}", "--quiet", *certs],
+        stdout=logfile.open("a"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     endpoint = f"127.0.0.1:{port}"
-    wait_for("MinIO", lambda: minio_ready(endpoint), 60, proc, logfile)
+    wait_for("MinIO", lambda: minio_ready(endpoint, tls=certs_dir is not None), 60, proc, logfile)
     return proc, endpoint
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
+    """Stop a service started above (its whole process group): SIGTERM, SIGKILL after ``timeout_s``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
 
 
 def kafka_reachable(bootstrap: str) -> bool:

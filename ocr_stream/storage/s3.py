@@ -18,7 +18,7 @@ from typing import Any
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import MinioException, S3Error
 
 from ..config import Settings
 from ..contracts import ObjectRef
@@ -104,7 +104,13 @@ class S3Store(ObjectStore):
                 raise NotFoundError(f"{what}: {exc.code}") from exc
             raise StorageUnavailableError(f"{what}: S3 error {exc.code}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageUnavailableError(f"{what}: S3 server at {self.endpoint} unavailable ({type(exc).__name__})") from exc
+            # The cause's type only (its text may carry URLs): SSLError points at the TLS settings.
+            cause = type(getattr(exc, "reason", None) or exc).__name__
+            hint = " (TLS: check OCR_STREAM_S3_SECURE and OCR_STREAM_S3_CA_FILE)" if "SSL" in cause else ""
+            raise StorageUnavailableError(f"{what}: S3 server at {self.endpoint} unavailable ({cause}){hint}") from exc
+        except MinioException as exc:  # e.g. a non-S3 answer: plain HTTP sent to a TLS port
+            raise StorageUnavailableError(f"{what}: S3 server at {self.endpoint} gave an invalid answer "
+                                          f"({type(exc).__name__}; TLS: check OCR_STREAM_S3_SECURE)") from exc
 
     def ensure_bucket(self) -> None:
         if not self._call(f"bucket {self.bucket}", self.client.bucket_exists, self.bucket):

@@ -63,6 +63,10 @@ class ConsumerThread(threading.Thread):
         self._stop_event = threading.Event()
         self._fetching = True
         self._paused: set[TopicPartition] = set()
+        # Assigned partitions whose pause flag is not known: librdkafka keeps a partition's pause
+        # across a revoke and a later re-assignment to this consumer (e.g. after the group was lost
+        # while the budget was full), so each new partition is paused or resumed explicitly once.
+        self._unknown: set[TopicPartition] = set()
         self.handed = 0
         """Records handed to the loop so far (written by this thread only)."""
         self.assigned_once = threading.Event()
@@ -147,12 +151,15 @@ class ConsumerThread(threading.Thread):
     def _reconcile_pause(self, want_records: bool) -> None:
         assignment = set(self.consumer.assignment())
         self._paused &= assignment
+        unknown = self._unknown & assignment
+        self._unknown -= unknown
         if want_records:
-            if self._paused:
-                self.consumer.resume(sorted(self._paused))
+            stale = self._paused | unknown
+            if stale:
+                self.consumer.resume(sorted(stale))
                 self._paused.clear()
         else:
-            new = assignment - self._paused
+            new = (assignment - self._paused) | unknown
             if new:
                 self.consumer.pause(sorted(new))
                 self._paused |= new
@@ -163,6 +170,7 @@ class ConsumerThread(threading.Thread):
     # ------------------------------------------------------------------ rebalance (inside consume)
 
     def _assigned(self, tps: list[TopicPartition]) -> None:
+        self._unknown |= set(tps)
         self.assigned_once.set()
         self._next_lag = time.monotonic() + 0.5  # soon: after the new partitions' first fetch
         if tps:
@@ -173,6 +181,7 @@ class ConsumerThread(threading.Thread):
             return
         # Records of these partitions that were paused stay behind for the next owner.
         self._paused -= set(tps)
+        self._unknown -= set(tps)
         if self.loop.is_closed():
             return
         try:
