@@ -24,7 +24,7 @@ def _parent_helpers() -> None:
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for name in ("ROOT", "SHARED", "CORPUS", "wait_until", "unique", "corpus_dir", "stack_mod"):
+    for name in ("ROOT", "SHARED", "CORPUS", "SYSTEM_REPORT_DIR", "wait_until", "unique", "corpus_dir", "stack_mod"):
         globals()[name] = getattr(mod, name)
 
 
@@ -53,9 +53,16 @@ def make_pipeline(make_settings: Callable[..., Any], tmp_path: Path) -> Iterator
         p.close()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Leave this process's part of the report for tests/conftest.py to merge and print (with
+    pytest-xdist every worker process holds its own REPORT)."""
     if not REPORT.faults and not REPORT.documents:
         return
-    terminalreporter.section("ocr-stream system report")
-    for line in REPORT.lines():
-        terminalreporter.write_line(line)
+    import json
+    import os
+
+    from conftest import SYSTEM_REPORT_DIR  # type: ignore[attr-defined]
+
+    SYSTEM_REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    part = {k: getattr(REPORT, k) for k in ("faults", "documents", "pages", "pages_failed_by_design", "losses", "duplicates", "notes")}
+    (SYSTEM_REPORT_DIR / f"part-{os.getpid()}.json").write_text(json.dumps(part))

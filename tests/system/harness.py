@@ -415,12 +415,17 @@ class Pipeline:
         raise AssertionError(f"timed out after {timeout_s:.0f}s: no document event for {missing}\n{tails}")
 
     def worker_lag(self) -> int:
-        """Records of ocr.pages not yet committed by the worker group."""
+        """Records of ocr.pages not yet committed by the worker group; -1 while the broker cannot say
+        (e.g. its group coordinator is still loading after a restart)."""
+        from confluent_kafka import KafkaException
+
         topic = self.settings.topic(PAGES)
         n = self.transport.partition_count(topic)
         consumer = self.transport.consumer(self.settings.consumer_group_worker, name="harness-lag")
         try:
             committed = consumer.committed([(topic, p) for p in range(n)])
+        except KafkaException:
+            return -1
         finally:
             consumer.close()
         ends = self.transport.end_offsets(topic) if hasattr(self.transport, "end_offsets") else _end_offsets(self.settings, topic, n)
