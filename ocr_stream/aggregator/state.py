@@ -9,12 +9,15 @@ Rules that make the outcome independent of arrival order:
 - a page that succeeded wins over a failure of the same page (a page retried elsewhere succeeded);
 - of two failures of one page, the smaller ``(code, message)`` is kept (the worker's failed result and
   the dead letter of the same page carry the same error, but nothing else picks one reliably);
-- source, metadata and submitted_at come from the lowest-numbered page seen.
+- source, metadata and submitted_at come from the lowest-numbered page seen; of several results of
+  that page (a failure and its dead letter, duplicates), the one with the most header information,
+  then the smallest by value, so that no arrival order can pick another.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,6 +162,19 @@ def _compact_error(error: ErrorInfo | None) -> ErrorInfo:
     return error.model_copy(update={"message": error.message[: FAILED_MESSAGE_LIMIT - 1] + "…"})
 
 
+def _header_key(page_no: int, source: str | None, metadata: dict[str, object], submitted_at: datetime | None) -> tuple[object, ...]:
+    """Smaller wins: the lowest page, then the result that carries the most, then by value."""
+    return (page_no, source is None, not metadata, submitted_at is None, source or "",
+            json.dumps(metadata, sort_keys=True, default=str), submitted_at.isoformat() if submitted_at else "")
+
+
+def _better_header(progress: DocumentProgress, result: PageResult) -> bool:
+    if progress.header_page is None:
+        return True
+    return _header_key(result.page_no, result.source, result.metadata, result.submitted_at) < _header_key(
+        progress.header_page, progress.source, progress.metadata, progress.submitted_at)
+
+
 def _error_key(error: ErrorInfo) -> tuple[str, str, bool]:
     return (str(error.code), error.message, error.transient)
 
@@ -196,6 +212,9 @@ def apply_result(progress: DocumentProgress | None, result: PageResult, *, now: 
         error = _compact_error(result.error)
         if fi is not None:
             if _error_key(error) >= _error_key(failed[fi].error):
+                if _better_header(progress, result):
+                    progress = progress.model_copy(update=dict(
+                        header_page=n, source=result.source, metadata=result.metadata, submitted_at=result.submitted_at))
                 return Outcome(Applied.DUPLICATE, progress)
             failed = [*failed[:fi], FailedPage(page_no=n, error=error), *failed[fi + 1 :]]
             kind = Applied.REPLACED
@@ -215,7 +234,7 @@ def apply_result(progress: DocumentProgress | None, result: PageResult, *, now: 
     }
     if result.completed_at is not None and (progress.last_completed_at is None or result.completed_at > progress.last_completed_at):
         update["last_completed_at"] = result.completed_at
-    if progress.header_page is None or n < progress.header_page:
+    if _better_header(progress, result):
         update.update(header_page=n, source=result.source, metadata=result.metadata, submitted_at=result.submitted_at)
     return Outcome(kind, progress.model_copy(update=update))
 

@@ -36,7 +36,16 @@ def bad(n: int, count: int, doc: str = "doc-1") -> PageResult:
 
 
 def from_dead_letter(r: PageResult) -> PageResult:
-    dead = DeadLetter(doc_id=r.doc_id, page_no=r.page_no, page_count=r.page_count, attempts=5, error=r.error, failed_at=T0)  # type: ignore[arg-type]
+    """The worker's dead letter of a page carries the page event, hence the same source, metadata
+    and submitted_at as the page's failed result."""
+    from ocr_stream.contracts import ObjectRef, PageEvent, RenderSettings
+
+    page = PageEvent(doc_id=r.doc_id, page_no=r.page_no, page_count=r.page_count,
+                     image=ObjectRef(bucket="ocr-stream", key=f"pages/{r.doc_id}/{r.page_no:05d}.jpg"),
+                     image_width=1131, image_height=1600, image_bytes=1, render=RenderSettings(long_side=1600),
+                     submitted_at=r.submitted_at or T0, source=r.source, metadata=r.metadata)
+    dead = DeadLetter(doc_id=r.doc_id, page_no=r.page_no, page_count=r.page_count, attempts=5, error=r.error,  # type: ignore[arg-type]
+                      failed_at=T0, page=page)
     result = st.dead_letter_to_result(dead)
     assert result is not None
     return result
