@@ -46,7 +46,24 @@ def log(msg: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel picked for
+    us could be taken by an outgoing connection of another test before our server binds it."""
+    import random
+
+    lo, _hi = 32768, 60999
+    try:
+        lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randrange(15000, max(15001, lo))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # fall back to a kernel-chosen port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

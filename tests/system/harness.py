@@ -65,9 +65,9 @@ WORKER_KAFKA = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from stack import free_port as _free_port  # one implementation, outside the ephemeral range
+
+    return _free_port()
 
 
 def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
