@@ -126,23 +126,26 @@ def submit(
 
 
 def read_all(transport: Transport, topic: str, want: int, *, timeout_s: float = 30.0, settle_s: float = 0.3) -> list[Record]:
-    """Every record of ``topic`` once at least ``want`` arrived (and nothing more came for ``settle_s``)."""
-    consumer = transport.consumer(f"reader-{uuid.uuid4().hex[:8]}", name="test-reader")
-    consumer.subscribe([topic])
-    out: list[Record] = []
+    """Every record of ``topic``, read from each partition's beginning to its end, once at least
+    ``want`` are there (and, with ``settle_s``, no more arrived for that long). Reading to the end
+    offsets, not until the consumer goes quiet: under load a consumer can be quiet before it has
+    fetched every partition, and a check built on a partial read would fail wrongly."""
     deadline = time.monotonic() + timeout_s
-    quiet_since = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            got = consumer.consume(100, 0.1)
-            if got:
-                out.extend(got)
-                quiet_since = time.monotonic()
-            elif len(out) >= want and time.monotonic() - quiet_since >= settle_s:
+    parts = list(range(transport.partition_count(topic)))
+    stable_since: float | None = None
+    last = -1
+    while True:
+        out = list(transport.read_partitions(topic, parts, timeout_s=10.0))
+        if len(out) >= want:
+            if settle_s <= 0:
                 return out
-        raise AssertionError(f"timed out: {len(out)} of {want} records on {topic}")
-    finally:
-        consumer.close()
+            if len(out) != last:
+                stable_since, last = time.monotonic(), len(out)
+            elif stable_since is not None and time.monotonic() - stable_since >= settle_s:
+                return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {len(out)} of {want} records on {topic}")
+        time.sleep(0.1)  # poll interval of the wait above
 
 
 def results(settings: Any, transport: Transport, want: int, **kw: Any) -> list[PageResult]:
