@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import base64
 import io
-import signal
 import sys
 import time
 
@@ -107,21 +106,10 @@ class SeedEngine(Engine):
 
 async def serve(settings: Settings) -> int:
     """One ocr-stream worker process whose engine is the seed engine (until SIGTERM/SIGINT)."""
-    from ocr_stream.storage import open_store
-    from ocr_stream.transport.kafka import KafkaTransport
-    from ocr_stream.worker.service import Worker
+    from ocr_stream.worker.cli import serve_engines
 
-    store = open_store(settings)
-    transport = KafkaTransport(settings.kafka_client_config(), client_id="ocr-stream-seed-worker")
-    worker = Worker(settings, transport=transport, store=store, engines={settings.engine: SeedEngine.from_settings(settings)}, name="seed-worker")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
-    try:
-        return await worker.run()
-    finally:
-        store.close()
-        transport.close()
+    return await serve_engines(settings, {settings.engine: SeedEngine.from_settings(settings)}, name="seed-worker",
+                               client_id="ocr-stream-seed-worker")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import multiprocessing
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import Settings
@@ -66,29 +67,27 @@ def apply_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def build_engines(names: list[str], settings: Settings) -> dict[str, Engine]:
-    try:
-        from ..engines.registry import create_engine
-    except ModuleNotFoundError:
-        # Before the registry exists only DeepSeek (with an optional pool suffix) is known.
-        from ..engines.deepseek import DeepSeekEngine
+    from ..engines.registry import create_engine
 
-        unknown = [n for n in names if n.split(":", 1)[0] != "deepseek"]
-        if unknown:
-            raise ConfigError(f"unknown engine(s): {', '.join(unknown)}") from None
-        return {name: DeepSeekEngine.from_settings(settings) for name in names}
     return {name: create_engine(name, settings) for name in names}
 
 
 async def serve(settings: Settings, *, engine_names: list[str], burst: bool = False, name: str = "worker") -> int:
     """Run one worker process until SIGTERM/SIGINT (or, with ``burst``, until nothing is left)."""
+    return await serve_engines(settings, build_engines(engine_names, settings), burst=burst, name=name)
+
+
+async def serve_engines(settings: Settings, engines: Mapping[str, Engine], *, burst: bool = False, name: str = "worker",
+                        client_id: str = "ocr-stream-worker") -> int:
+    """One worker process over the given engines, on Kafka and the configured storage, stopped by
+    SIGTERM/SIGINT (drained, exit 0)."""
     from ..storage import open_store
     from ..transport.kafka import KafkaTransport
     from .service import Worker
 
     store = open_store(settings)
-    transport = KafkaTransport(settings.kafka_client_config(), client_id="ocr-stream-worker")
-    worker = Worker(settings, transport=transport, store=store, engines=build_engines(engine_names, settings),
-                    burst=burst, name=name)
+    transport = KafkaTransport(settings.kafka_client_config(), client_id=client_id)
+    worker = Worker(settings, transport=transport, store=store, engines=engines, burst=burst, name=name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
