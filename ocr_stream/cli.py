@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 from . import __version__
-from .config import load_settings
+from .config import Settings, load_settings
 from .errors import ConfigError, OcrStreamError
 
 # Order is the order in --help.
@@ -60,20 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    return execute(args._run, args, who="ocr-stream")
+
+
+def run_command(mod: ModuleType, argv: list[str] | None = None, *, prog: str, who: str) -> int:
+    """One subcommand on its own (``python -m ocr_stream.aggregator``, ...), without loading the others."""
+    parser = argparse.ArgumentParser(prog=prog, description=getattr(mod, "DESCRIPTION", mod.HELP))
+    mod.configure(parser)
+    return execute(mod.run, parser.parse_args(argv), who=who)
+
+
+def execute(run: Callable[[argparse.Namespace, Settings], int], args: argparse.Namespace, *, who: str) -> int:
+    """Settings, logging, then ``run``; errors become one line on stderr and the exit code."""
     try:
         settings = load_settings()
         from .observability import configure_logging
 
         configure_logging(settings.log_level)
-        return int(args._run(args, settings))
+        return int(run(args, settings))
     except KeyboardInterrupt:
-        print("ocr-stream: interrupted", file=sys.stderr)
+        print(f"{who}: interrupted", file=sys.stderr)
         return 130
     except ConfigError as exc:
-        print(f"ocr-stream: {exc}", file=sys.stderr)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 2
     except OcrStreamError as exc:
-        print(f"ocr-stream: {exc}", file=sys.stderr)
+        print(f"{who}: {exc}", file=sys.stderr)
         return 1
 
 

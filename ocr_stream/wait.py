@@ -284,23 +284,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ocr_stream.wait``: the same as ``ocr-stream wait``, whether or not the CLI lists it."""
-    from .config import load_settings
-    from .errors import OcrStreamError
-    from .observability import configure_logging
+    from .cli import run_command
 
-    parser = argparse.ArgumentParser(prog="python -m ocr_stream.wait", description=DESCRIPTION)
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        return run(args, settings)
-    except ConfigError as exc:
-        print(f"ocr-stream: {exc}", file=sys.stderr)
-        return 2
-    except OcrStreamError as exc:
-        print(f"ocr-stream: {exc}", file=sys.stderr)
-        return 1
+    return run_command(sys.modules[__name__], argv, prog="python -m ocr_stream.wait", who="ocr-stream")
 
 
 if __name__ == "__main__":
