@@ -125,22 +125,11 @@ def storage_check(settings: Settings) -> Check:
         if settings.storage == "local":
             return None
         import urllib3
-        from minio import Minio
 
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(5.0, timeout_s), read=max(1.0, timeout_s)),
-            retries=False,
-            cert_reqs="CERT_REQUIRED" if settings.s3_secure else "CERT_NONE",
-            ca_certs=str(settings.s3_ca_file) if settings.s3_ca_file else None,
-        )
-        client = Minio(
-            settings.s3_endpoint,
-            access_key=settings.s3_access_key.get_secret_value(),
-            secret_key=settings.s3_secret_key.get_secret_value(),
-            secure=settings.s3_secure,
-            region=settings.s3_region,
-            http_client=http,
-        )
+        from .storage.s3 import http_pool, minio_client
+
+        http = http_pool(settings, timeout=urllib3.Timeout(connect=min(5.0, timeout_s), read=max(1.0, timeout_s)), retries=False)
+        client = minio_client(settings, http)
         try:
             if not client.bucket_exists(settings.bucket):
                 return f"bucket {settings.bucket!r} does not exist yet"

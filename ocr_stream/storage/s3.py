@@ -28,6 +28,29 @@ from .base import ObjectStore
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
 
 
+def http_pool(settings: Settings, *, timeout: urllib3.Timeout, retries: urllib3.Retry | bool, pool_size: int = 10) -> urllib3.PoolManager:
+    """The HTTP pool a MinIO SDK client uses: explicit timeouts and retries, the settings' TLS."""
+    return urllib3.PoolManager(
+        timeout=timeout,
+        maxsize=pool_size,
+        retries=retries,
+        cert_reqs="CERT_REQUIRED" if settings.s3_secure else "CERT_NONE",
+        ca_certs=str(settings.s3_ca_file) if settings.s3_ca_file else None,
+    )
+
+
+def minio_client(settings: Settings, http: urllib3.PoolManager) -> Minio:
+    """A MinIO SDK client for the settings' endpoint and credentials over ``http`` (see http_pool)."""
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http,
+    )
+
+
 class S3Store(ObjectStore):
     def __init__(
         self,
@@ -48,21 +71,12 @@ class S3Store(ObjectStore):
     @classmethod
     def from_settings(cls, settings: Settings, *, pool_size: int = 64) -> S3Store:
         # Explicit timeouts and a pool as wide as the concurrency we use (STYLE.md 5).
-        http = urllib3.PoolManager(
+        client = minio_client(settings, http_pool(
+            settings,
             timeout=urllib3.Timeout(connect=5.0, read=60.0),
-            maxsize=pool_size,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-            cert_reqs="CERT_REQUIRED" if settings.s3_secure else "CERT_NONE",
-            ca_certs=str(settings.s3_ca_file) if settings.s3_ca_file else None,
-        )
-        client = Minio(
-            settings.s3_endpoint,
-            access_key=settings.s3_access_key.get_secret_value(),
-            secret_key=settings.s3_secret_key.get_secret_value(),
-            secure=settings.s3_secure,
-            region=settings.s3_region,
-            http_client=http,
-        )
+            pool_size=pool_size,
+        ))
         fast: dict[str, Any] | None = None
         if settings.s3_ca_file is None:
             fast = dict(
