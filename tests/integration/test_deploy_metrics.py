@@ -27,14 +27,9 @@ from worker_helpers import jpeg_bytes, page_event, submit  # noqa: E402
 from ocr_stream.contracts import DocumentEvent, DocumentRequest, ObjectRef, decode, encode
 from ocr_stream.storage.base import page_image_key
 from ocr_stream.topics import DOCUMENTS, PAGES, REQUESTS, TopicAdmin, load_specs
+from stack import free_port  # noqa: E402 - below the ephemeral port range (tests/stack.py)
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    from stack import free_port as _free_port  # one implementation, outside the ephemeral range
-
-    return _free_port()
 
 
 def service_env(settings: Any, **extra: str) -> dict[str, str]:

@@ -41,6 +41,7 @@ from ocr_stream.storage import open_store
 from ocr_stream.storage.base import ObjectStore, document_json_key, page_result_key
 from ocr_stream.topics import DLQ, DOCUMENTS, PAGES, TopicAdmin, load_specs
 from ocr_stream.transport.kafka import KafkaTransport
+from stack import free_port  # noqa: E402 - below the ephemeral port range (tests/stack.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,12 +63,6 @@ FAST: dict[str, Any] = dict(
 # A killed worker holds its partitions until its session times out: keep that short (workers only:
 # these are consumer properties).
 WORKER_KAFKA = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
-
-
-def free_port() -> int:
-    from stack import free_port as _free_port  # one implementation, outside the ephemeral range
-
-    return _free_port()
 
 
 def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:

@@ -33,16 +33,11 @@ from conftest import ROOT, wait_until
 from ocr_stream.contracts import DocumentStatus
 from ocr_stream.storage.base import document_json_key, document_md_key
 from ocr_stream.transport.kafka import KafkaTransport
+from stack import free_port  # noqa: E402 - below the ephemeral port range (tests/stack.py)
 
 pytestmark = pytest.mark.system
 
 KILLS = 15
-
-
-def free_port() -> int:
-    from stack import free_port as _free_port  # one implementation, outside the ephemeral range
-
-    return _free_port()
 
 
 class Aggregator:
