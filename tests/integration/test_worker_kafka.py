@@ -161,6 +161,8 @@ def test_metrics_and_healthz(make_settings: Any, simulator: Any) -> None:
         submit(settings, transport, store, {"doc": 3})
         results(settings, transport, 3)
         wait_for(lambda: get("/healthz")[0] == 200, what="/healthz 200")
+        # The lag gauge gets its first samples at the worker's first lag refresh (every 5 s).
+        wait_for(lambda: "ocr_stream_worker_consumer_lag{" in get("/metrics")[1], what="the consumer lag gauge")
         code, text = get("/metrics")
         assert code == 200
         assert 'ocr_stream_worker_pages_total{engine="deepseek",status="ok"} 3.0' in text
