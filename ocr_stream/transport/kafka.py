@@ -187,6 +187,16 @@ class KafkaConsumer(Consumer):
                 out[(p.topic, p.partition)] = max(0, hi - (start if start >= 0 else lo))
         return out
 
+    def watermarks(self, partitions: list[TopicPartition], timeout_s: float = 5.0) -> dict[TopicPartition, tuple[int, int]]:
+        out = {}
+        for t, p in partitions:
+            try:
+                lo, hi = self._c.get_watermark_offsets(_KTP(t, p), timeout=timeout_s, cached=False)
+            except KafkaException as exc:
+                raise BrokerUnavailableError(f"cannot read the offsets of {t}[{p}]: {exc.args[0]}") from exc
+            out[(t, p)] = (lo, hi)
+        return out
+
     def close(self) -> None:
         self._c.close()
 

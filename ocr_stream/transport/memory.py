@@ -530,6 +530,10 @@ class MemoryConsumer(Consumer):
         with self._t._lock:
             return {tp: max(0, self._t._topics[tp[0]][tp[1]].end(self.read_committed) - self._position[tp]) for tp in self._owned}
 
+    def watermarks(self, partitions: list[TopicPartition], timeout_s: float = 5.0) -> dict[TopicPartition, tuple[int, int]]:
+        with self._t._lock:
+            return {tp: (0, self._t._topics[tp[0]][tp[1]].end(self.read_committed)) for tp in partitions}
+
     def close(self) -> None:
         if self._closed:
             return

@@ -41,6 +41,7 @@ class ConsumerThread(threading.Thread):
         on_revoke: Callable[[list[TopicPartition]], Coroutine[Any, Any, dict[TopicPartition, int]]],
         on_lag: Callable[[dict[TopicPartition, int]], None],
         revoke_timeout_s: float,
+        on_ends: Callable[[dict[TopicPartition, tuple[int, int]]], None] | None = None,
         poll_s: float = 0.05,
         lag_interval_s: float = 2.0,
         max_batch: int = 500,
@@ -55,6 +56,15 @@ class ConsumerThread(threading.Thread):
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._on_lag = on_lag
+        self._on_ends = on_ends
+        # Newly assigned partitions whose start (committed offset) and end are still to be asked
+        # of the broker, for burst mode's "everything published before the assignment is done".
+        self._need_ends: set[TopicPartition] = set()
+        self._next_ends = 0.0
+        self.ends_supported = True
+        """False once the transport said it cannot tell a partition's end offsets."""
+        self.assigned: set[TopicPartition] = set()
+        """The partitions this consumer owns now (written by this thread, in the rebalance callbacks)."""
         self._revoke_timeout_s = revoke_timeout_s
         self._poll_s = poll_s
         self._lag_interval_s = lag_interval_s
@@ -115,6 +125,8 @@ class ConsumerThread(threading.Thread):
                     self.handed += len(records)
                     self.loop.call_soon_threadsafe(self._on_records, records)
                 now = time.monotonic()
+                if self._need_ends and now >= self._next_ends:
+                    self._fetch_ends(now)
                 if now >= self._next_lag:
                     self._next_lag = now + self._lag_interval_s
                     try:
@@ -167,10 +179,34 @@ class ConsumerThread(threading.Thread):
     def paused(self) -> bool:
         return bool(self._paused)
 
+    def _fetch_ends(self, now: float) -> None:
+        assert self._on_ends is not None
+        self._need_ends &= self.assigned
+        tps = sorted(self._need_ends)
+        if not tps:
+            return
+        try:
+            marks = self.consumer.watermarks(tps)
+            committed = self.consumer.committed(tps, timeout_s=5.0) if marks else {}
+        except Exception as exc:  # noqa: BLE001 - asked again shortly
+            log.info("partition offsets not available yet: %s", exc)
+            self._next_ends = now + 1.0
+            return
+        self._need_ends.difference_update(tps)
+        if not marks:
+            self.ends_supported = False
+        # Where the group has no committed offset, the consumer starts at the first offset
+        # (auto.offset.reset=earliest).
+        ends = {tp: (start if (start := committed.get(tp)) is not None else lo, hi) for tp, (lo, hi) in marks.items()}
+        self.loop.call_soon_threadsafe(self._on_ends, ends)
+
     # ------------------------------------------------------------------ rebalance (inside consume)
 
     def _assigned(self, tps: list[TopicPartition]) -> None:
         self._unknown |= set(tps)
+        self.assigned |= set(tps)
+        if self._on_ends is not None:
+            self._need_ends |= set(tps)
         self.assigned_once.set()
         self._next_lag = time.monotonic() + 0.5  # soon: after the new partitions' first fetch
         if tps:
@@ -182,6 +218,8 @@ class ConsumerThread(threading.Thread):
         # Records of these partitions that were paused stay behind for the next owner.
         self._paused -= set(tps)
         self._unknown -= set(tps)
+        self.assigned -= set(tps)
+        self._need_ends -= set(tps)
         if self.loop.is_closed():
             return
         try:

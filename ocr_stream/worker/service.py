@@ -115,6 +115,9 @@ class Worker:
         self._last_record = time.monotonic()
         self._lag: dict[TopicPartition, int] = {}
         self._lag_supported = False
+        # Burst mode: per owned partition, where the consumer started and where the partition
+        # ended when it was assigned (asked of the broker then).
+        self._burst_ends: dict[TopicPartition, tuple[int, int]] = {}
         self._stopping: asyncio.Event | None = None
         self._stop_requested = False
         self._exit_code = 0
@@ -171,6 +174,7 @@ class Worker:
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lag=self._on_lag,
+            on_ends=self._on_ends if self.burst else None,
             revoke_timeout_s=self.settings.shutdown_grace_s + 10.0,
             lag_interval_s=0.5 if self.burst else 5.0,
             poll_s=0.05 if self.burst else 0.25,
@@ -269,21 +273,40 @@ class Worker:
                 self.request_stop(0)
 
     def _burst_done(self, now: float) -> bool:
-        assert self._intake is not None
-        if not self._intake.assigned_once.is_set():
+        """Burst mode's exit condition: every record that was in an owned partition when it was
+        assigned is finished, and nothing is in progress. The ends are asked of the broker at
+        assignment, so a partition whose first fetch is slow is never taken for drained."""
+        intake = self._intake
+        assert intake is not None
+        if not intake.assigned_once.is_set():
             return False
         if self.budget.held or self._ready or self._in_transit():
             return False
-        if now - self._last_record < self.burst_idle_s:
-            return False
-        # Lag zero wherever it is known. Kafka learns a partition's end from its first fetch
-        # response that carries records, so an already drained partition may never report one:
-        # those count as done after a longer quiet time.
         owned = self.tracker.partitions()
-        if any(self._lag.get(tp, 0) for tp in owned):
+        if set(owned) != intake.assigned:
+            return False  # a rebalance is being applied
+        quiet = now - self._last_record
+        for tp in owned:
+            ends = self._burst_ends.get(tp)
+            if ends is None:
+                if intake.ends_supported:
+                    return False  # not asked yet
+                # A transport that cannot tell: lag zero where it is known; an already drained
+                # partition may never report one, so it counts as done after a longer quiet time.
+                if quiet < self.burst_idle_s or self._lag.get(tp, 0) or (self._lag_supported and tp not in self._lag
+                                                                         and quiet < 3 * self.burst_idle_s):
+                    return False
+                continue
+            start, end = ends
+            point = self.tracker.commit_point(tp)
+            if max(start, point if point is not None else start) >= end:
+                continue
+            # The end may lie past the last record (a transaction marker of an upstream producer
+            # that uses transactions): the consumer's own lag says it read everything.
+            if self._lag.get(tp) == 0 and not self.tracker.pending(tp) and quiet >= 3 * self.burst_idle_s:
+                continue
             return False
-        unknown = self._lag_supported and any(tp not in self._lag for tp in owned)
-        return not unknown or now - self._last_record >= 3 * self.burst_idle_s
+        return True
 
     async def _commit(self) -> None:
         assert self._intake is not None and self._consumer is not None
@@ -317,6 +340,8 @@ class Worker:
 
     def _on_assign(self, tps: list[TopicPartition]) -> None:
         self.tracker.assign(tps)
+        for tp in tps:
+            self._burst_ends.pop(tp, None)
         self._last_record = time.monotonic()  # burst mode: give the new partitions a first fetch
         log.info("partitions assigned", extra={"partitions": [p for _t, p in tps]})
 
@@ -340,8 +365,15 @@ class Worker:
             await asyncio.to_thread(self._producer.flush, 10.0)
         offsets = {tp: o for tp, o in self.tracker.to_commit(tps).items()}
         self.tracker.revoke(tps)
+        for tp in tps:
+            self._burst_ends.pop(tp, None)
         log.info("partitions revoked", extra={"partitions": [p for _t, p in tps], "commit": {str(k[1]): v for k, v in offsets.items()}})
         return offsets
+
+    def _on_ends(self, ends: dict[TopicPartition, tuple[int, int]]) -> None:
+        for tp, start_end in ends.items():
+            if self.tracker.owns(tp):
+                self._burst_ends[tp] = start_end
 
     def _on_lag(self, lag: dict[TopicPartition, int]) -> None:
         self._lag = lag

@@ -297,6 +297,24 @@ def test_an_open_transaction_is_invisible_until_it_commits(env: Env) -> None:
     assert [r.value for r in drain(committed_reader, 1)] == [b"x"]
 
 
+def test_watermarks_come_from_the_broker_and_stop_at_an_open_transaction(env: Env) -> None:
+    t = env.topic("marks", 1)
+    tp = (t, 0)
+    produce_all(env.producer(), t, [(b"k", b"1"), (b"k", b"2"), (b"k", b"3")])
+    committed_view = env.consumer("marks")  # never subscribed: nothing fetched, nothing cached
+    assert committed_view.watermarks([tp]) == {tp: (0, 3)}
+    p = env.producer(transactional_id="tx-marks")
+    p.init_transactions()
+    p.begin_transaction()
+    p.produce(t, b"4", b"k")
+    p.flush(30)
+    assert env.consumer("marks-ru", read_committed=False).watermarks([tp])[tp][1] == 4
+    assert committed_view.watermarks([tp])[tp][1] == 3  # the last stable offset
+    p.commit_transaction()
+    # The commit markers are written after commit_transaction returns; Kafka counts them too.
+    wait_until(lambda: committed_view.watermarks([tp])[tp][1] >= 4, 30, what="the last stable offset to pass the commit")
+
+
 def test_offsets_sent_to_a_transaction_commit_with_it_and_only_with_it(env: Env) -> None:
     src, out = env.topic("tx-src", 1), env.topic("tx-out", 1)
     produce_all(env.producer(), src, [(b"k", f"v{i}".encode()) for i in range(6)])

@@ -5,6 +5,7 @@ scripted engine: every page once, the budget, each failure path, shutdown. Fast 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,46 @@ def test_output_that_cannot_become_a_result_fails_the_page_not_the_worker(tmp_pa
     by_page = {r.page_no: r for r in results(settings, transport, 3)}
     assert by_page[1].status is PageStatus.FAILED and by_page[1].error is not None and by_page[1].error.code is ErrorCode.INTERNAL
     assert by_page[2].status is PageStatus.OK and by_page[3].status is PageStatus.OK
+
+
+class _SlowFirstFetch(MemoryTransport):
+    """A broker whose first fetch responses are slow, as a loaded Kafka broker's can be: for the
+    first ``delay_s`` the consumer gets no records and cannot tell its lag (Kafka learns a
+    partition's end from its first fetch response)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def consumer(self, group_id: str, *, name: str = "", isolation_read_committed: bool = True) -> Any:
+        consumer = super().consumer(group_id, name=name, isolation_read_committed=isolation_read_committed)
+        ready_at = time.monotonic() + self.delay_s
+        consume, lag = consumer.consume, consumer.lag
+
+        def slow_consume(max_records: int, timeout_s: float) -> list[Any]:
+            if time.monotonic() < ready_at:
+                consume(0, 0.0)  # rebalance callbacks still run
+                time.sleep(timeout_s)
+                return []
+            return consume(max_records, timeout_s)
+
+        consumer.consume = slow_consume  # type: ignore[method-assign]
+        consumer.lag = lambda: {} if time.monotonic() < ready_at else lag()  # type: ignore[method-assign]
+        return consumer
+
+
+def test_burst_mode_waits_for_records_published_before_the_assignment_however_slow_the_fetch(tmp_path: Path) -> None:
+    settings, _, store = make(tmp_path)
+    transport = _SlowFirstFetch(delay_s=2.0)  # ten times the burst idle time
+    transport.ensure_topics({settings.topic(PAGES): PARTS, settings.topic(RESULTS): 2, settings.topic(DLQ): 1})
+    submit(settings, transport, store, {"doc": 12})
+    code, worker = run_worker(settings, transport, store, FakeEngine())
+    assert code == 0
+    assert worker.pages_done == 12
+    assert committed_everything(settings, transport, PARTS)
+
+
+def test_burst_mode_exits_at_once_when_nothing_was_published(tmp_path: Path) -> None:
+    settings, transport, store = make(tmp_path)
+    code, worker = run_worker(settings, transport, store, FakeEngine())
+    assert code == 0 and worker.pages_done == 0

@@ -108,16 +108,7 @@ def test_sigkill_mid_run_loses_no_page(make_settings: Any, simulator: Any, procs
     assert committed_everything(settings, transport, PARTITIONS)
 
 
-_TWO_PROCESS_FLAKE = pytest.mark.xfail(
-    strict=False,
-    reason="OPEN (issue 4): intermittently, after SIGTERM of a 2-process worker and a --burst restart, "
-    "1 of 48 results is missing at the deadline, though every offset committed before the restart had "
-    "its result. Not yet known whether the burst worker exits before a slow partition's first fetch "
-    "(no loss in a long-running worker) or a page is lost.",
-)
-
-
-@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=_TWO_PROCESS_FLAKE)])
+@pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_drains_commits_and_exits_0(make_settings: Any, simulator: Any, procs: list[subprocess.Popen[bytes]], processes: int) -> None:
     sim = simulator(speed=5, tokens=TokenDistribution(fixed=400))
     settings, transport, store = setup(make_settings, sim)
