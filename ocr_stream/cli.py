@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
+from typing import NoReturn
 
 from . import __version__
 from .config import Settings, load_settings
@@ -88,6 +91,16 @@ def execute(run: Callable[[argparse.Namespace, Settings], int], args: argparse.N
     except OcrStreamError as exc:
         print(f"{who}: {exc}", file=sys.stderr)
         return 1
+
+
+def restart_process() -> NoReturn:
+    """Replace this process by a fresh run of the same command line (same pid, same arguments and
+    environment): what a supervisor would do, without depending on one. Other threads end with it,
+    including one blocked inside a C library."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,12 @@ class MalformedResponseError(ModelOutputError):
 class InternalError(OcrStreamError):
     code = ErrorCode.INTERNAL
     transient = True
+
+
+class ClientWedgedError(InternalError):
+    """A Kafka client call did not return long after its own timeout (a client library bug, e.g.
+    librdkafka #5456/#5511 after a broker restart). The client cannot be used any more: the
+    process must start over (new clients fence the wedged ones and abort their transaction)."""
+
+    transient = False
+

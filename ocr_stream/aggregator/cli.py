@@ -9,7 +9,9 @@ import signal
 import sys
 from types import FrameType
 
+from ..cli import restart_process
 from ..config import Settings
+from ..errors import ClientWedgedError
 
 COMMAND = "aggregator"
 HELP = "Assemble page results into documents (document.md/json + one event on ocr.documents each)."
@@ -20,7 +22,8 @@ DESCRIPTION = (
     "topic; progress, events and offsets commit in one Kafka transaction, so a crash neither loses pages nor "
     "publishes a document twice. Waits at start-up (up to OCR_STREAM_STARTUP_DEADLINE_S) for the broker, the "
     "topics and the bucket. Serves /metrics and /healthz on OCR_STREAM_METRICS_PORT. SIGTERM/SIGINT: finish "
-    "the current transaction and exit 0."
+    "the current transaction and exit 0. Should the Kafka client hang in a transaction past its timeout (a known "
+    "librdkafka fault after a broker restart), the process starts itself over with the same arguments."
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         server = MetricsServer(service.metrics.registry, service.health, host=settings.metrics_host, port=port).start()
     try:
         return service.run(burst=args.burst)
+    except ClientWedgedError as exc:
+        # Start over in a fresh process image (same pid, same arguments): its clients fence the
+        # wedged ones, abort their open transaction and rebuild the state from the changelog.
+        log.error("Kafka client wedged; restarting the aggregator process: %s", exc)
+        if server is not None:
+            server.stop()
+            server = None
+        restart_process()
     finally:
         if server is not None:
             server.stop()

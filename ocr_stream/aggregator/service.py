@@ -46,7 +46,7 @@ from ..contracts import (
     encode,
     utcnow,
 )
-from ..errors import ErrorCode, NotFoundError, SchemaViolationError
+from ..errors import ClientWedgedError, ErrorCode, NotFoundError, SchemaViolationError
 from ..storage.base import ObjectStore, document_json_key, document_md_key, page_result_key
 from ..topics import CHANGELOG, DLQ, DOCUMENTS, RESULTS
 from ..transport.base import Consumer, Producer, Record, TopicPartition, Transport
@@ -109,6 +109,7 @@ class AggregatorService:
         self._changelog_partitions = 0
         self._assigned_once = False
         self._failures = 0
+        self._wedged = False
         self._last_loop = time.monotonic()
         self._reader = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aggregator-read")
 
@@ -174,6 +175,10 @@ class AggregatorService:
             self._close()
 
     def _close(self) -> None:
+        if self._wedged:
+            # The process is about to start over: a wedged client may block on close, and the
+            # new instance fences both clients (same transactional id, same static member id).
+            self._consumer = self._producer = None
         if self._consumer is not None:
             try:
                 self._consumer.close()
@@ -269,6 +274,9 @@ class AggregatorService:
             if batch.offsets:
                 producer.send_offsets_to_transaction(batch.offsets, consumer)
             producer.commit_transaction()
+        except ClientWedgedError:
+            self._wedged = True
+            raise
         except Exception as exc:
             self.metrics.transactions.labels("aborted").inc()
             self._failures += 1

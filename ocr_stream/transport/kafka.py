@@ -7,9 +7,10 @@ Client options from settings (SASL, SSL, ...) pass through to librdkafka untouch
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -23,7 +24,7 @@ from confluent_kafka import (
     TopicPartition as _KTP,
 )
 
-from ..errors import BrokerUnavailableError
+from ..errors import BrokerUnavailableError, ClientWedgedError
 from .base import Consumer, DeliveryCallback, Producer, RebalanceCallback, Record, TopicPartition, Transport
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
 class KafkaProducer(Producer):
     def __init__(self, conf: dict[str, Any]) -> None:
         self._p = _KProducer(conf)
+        self._wedged = ""
 
     def produce(
         self,
@@ -81,25 +83,63 @@ class KafkaProducer(Producer):
     def flush(self, timeout_s: float = 30.0) -> int:
         return int(self._p.flush(timeout_s))
 
+    # librdkafka can block in a transactional call far past the timeout it was given: after a
+    # broker restart, send_offsets_to_transaction waited forever on a stale group coordinator
+    # (librdkafka #5456, #5511; seen with 2.16 against Kafka 4.1). Each call therefore runs on a
+    # helper thread and is given up WEDGE_GRACE_S after its own timeout: the producer is then
+    # marked wedged and every later call fails at once with ClientWedgedError.
+    WEDGE_GRACE_S = 15.0
+
+    def _bounded(self, what: str, fn: Callable[[], None], timeout_s: float) -> None:
+        if self._wedged:
+            raise ClientWedgedError(self._wedged)
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"kafka-{what}", daemon=True).start()
+        limit = timeout_s + self.WEDGE_GRACE_S
+        if not done.wait(limit):
+            self._wedged = (f"Kafka producer: {what} did not return within {limit:.0f}s (its timeout is {timeout_s:.0f}s); "
+                            "the client is wedged and must be replaced")
+            raise ClientWedgedError(self._wedged)
+        if failure:
+            raise failure[0]
+
     def init_transactions(self, timeout_s: float = 30.0) -> None:
-        self._p.init_transactions(timeout_s)
+        self._bounded("init_transactions", lambda: self._p.init_transactions(timeout_s), timeout_s)
 
     def begin_transaction(self) -> None:
+        if self._wedged:
+            raise ClientWedgedError(self._wedged)
         self._p.begin_transaction()
 
     def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], consumer: Consumer, timeout_s: float = 30.0) -> None:
         assert isinstance(consumer, KafkaConsumer)
         tps = [_KTP(t, p, o) for (t, p), o in offsets.items()]
-        self._p.send_offsets_to_transaction(tps, consumer._c.consumer_group_metadata(), timeout_s)
+        metadata = consumer._c.consumer_group_metadata()
+        self._bounded("send_offsets_to_transaction", lambda: self._p.send_offsets_to_transaction(tps, metadata, timeout_s), timeout_s)
 
     def commit_transaction(self, timeout_s: float = 30.0) -> None:
-        self._p.commit_transaction(timeout_s)
+        self._bounded("commit_transaction", lambda: self._p.commit_transaction(timeout_s), timeout_s)
 
     def abort_transaction(self, timeout_s: float = 30.0) -> None:
-        self._p.abort_transaction(timeout_s)
+        self._bounded("abort_transaction", lambda: self._p.abort_transaction(timeout_s), timeout_s)
+
+    @property
+    def wedged(self) -> bool:
+        return bool(self._wedged)
 
     def close(self) -> None:
-        self._p.flush(30)
+        if not self._wedged:  # a wedged client's queue belongs to a transaction that is given up
+            self._p.flush(30)
 
 
 class KafkaConsumer(Consumer):
