@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -71,29 +72,49 @@ class Dependency:
 # ----------------------------------------------------------------------------- checks
 
 
-def _admin(settings: Settings) -> Any:
+class _LastClientError(logging.Handler):
+    """Keeps librdkafka's last warning or error (e.g. "SASL SCRAM-SHA-512 mechanism handshake
+    failed"), which says more than the "Broker transport failure" a failed request reports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # "FAIL [rdkafka#producer-1] [thrd:...]: host:port/bootstrap: ... failed: ..." -> from the host on.
+        self.message = re.sub(r"^\w+ (?:\[[^\]]*\] )*\[thrd:[^\]]*\]: ", "", record.getMessage()).strip()
+
+
+def _admin(settings: Settings) -> tuple[Any, _LastClientError]:
     from confluent_kafka.admin import AdminClient
 
-    # librdkafka prints every refused connection to stderr; the wait reports the outcome itself.
+    # librdkafka prints every refused connection to stderr; the wait reports the outcome itself,
+    # with the client's last complaint.
     quiet = logging.Logger("ocr_stream.wait.librdkafka")
-    quiet.addHandler(logging.NullHandler())
+    last = _LastClientError()
+    quiet.addHandler(last)
     conf: dict[str, str | int | float | bool] = dict(settings.kafka_client_config())
-    return AdminClient(conf, logger=quiet)
+    return AdminClient(conf, logger=quiet), last
 
 
-def _kafka_reason(exc: Exception) -> str:
+def _kafka_reason(exc: Exception, admin: Any, last: _LastClientError) -> str:
+    admin.poll(0)  # librdkafka hands its log lines over in poll()
     err: Any = exc.args[0] if exc.args else "no answer"
-    return str(err.str()) if hasattr(err, "str") else str(err)
+    reason = str(err.str()) if hasattr(err, "str") else str(err)
+    if last.message and last.message not in reason:
+        reason += f"; the client said: {last.message}"
+    return reason
 
 
 def kafka_check(settings: Settings) -> Check:
     def check(timeout_s: float) -> str | None:
         from confluent_kafka import KafkaException
 
+        admin, last = _admin(settings)
         try:
-            md = _admin(settings).list_topics(timeout=max(0.5, timeout_s))
+            md = admin.list_topics(timeout=max(0.5, timeout_s))
         except KafkaException as exc:
-            return _kafka_reason(exc)
+            return _kafka_reason(exc, admin, last)
         if not md.brokers:
             return "no broker in the metadata"
         return None
@@ -108,10 +129,11 @@ def topics_check(settings: Settings, names: Iterable[str] | None = None) -> Chec
         from .topics import load_specs
 
         wanted = [settings.topic(n) for n in names] if names is not None else [settings.topic(s.name) for s in load_specs()]
+        admin, last = _admin(settings)
         try:
-            existing = set(_admin(settings).list_topics(timeout=max(0.5, timeout_s)).topics)
+            existing = set(admin.list_topics(timeout=max(0.5, timeout_s)).topics)
         except KafkaException as exc:
-            return _kafka_reason(exc)
+            return _kafka_reason(exc, admin, last)
         missing = [t for t in wanted if t not in existing]
         if missing:
             return "missing topics " + ", ".join(missing) + " (run `ocr-stream topics apply`)"
@@ -167,8 +189,9 @@ def model_check(settings: Settings) -> Check:
     return check
 
 
-def dependencies(settings: Settings, need: Collection[str]) -> list[Dependency]:
-    """The checks for ``need``, in start-up order (broker before topics)."""
+def dependencies(settings: Settings, need: Collection[str], *, topics: Iterable[str] | None = None) -> list[Dependency]:
+    """The checks for ``need``, in start-up order (broker before topics). ``topics``: the topic
+    names (without prefix) that must exist, default every topic in topics/."""
     unknown = sorted(set(need) - set(KNOWN))
     if unknown:
         raise ValueError(f"unknown dependencies {unknown}; known: {', '.join(KNOWN)}")
@@ -176,7 +199,7 @@ def dependencies(settings: Settings, need: Collection[str]) -> list[Dependency]:
     if "kafka" in need:
         deps.append(Dependency("kafka", f"Kafka at {settings.kafka_bootstrap_servers}", kafka_check(settings)))
     if "topics" in need:
-        deps.append(Dependency("topics", f"topics with prefix {settings.topic_prefix!r}", topics_check(settings)))
+        deps.append(Dependency("topics", f"topics with prefix {settings.topic_prefix!r}", topics_check(settings, topics)))
     if "storage" in need:
         where = str(settings.local_storage_path) if settings.storage == "local" else f"{settings.s3_endpoint}/{settings.bucket}"
         deps.append(Dependency("storage", f"object storage at {where}", storage_check(settings)))
@@ -238,6 +261,7 @@ def wait_for_dependencies(
     need: Collection[str] = DEFAULT_NEED,
     deadline_s: float | None = None,
     *,
+    topics: Iterable[str] | None = None,
     interval_s: float = 1.0,
 ) -> dict[str, float]:
     """Block until every dependency in ``need`` (kafka, topics, storage, model) is ready.
@@ -246,7 +270,7 @@ def wait_for_dependencies(
     took; raises DependencyTimeoutError (an OcrStreamError: the CLI exits 1) at the deadline."""
     if deadline_s is None:
         deadline_s = settings.startup_deadline_s
-    return wait_until_ready(dependencies(settings, need), deadline_s, interval_s=interval_s)
+    return wait_until_ready(dependencies(settings, need, topics=topics), deadline_s, interval_s=interval_s)
 
 
 # ----------------------------------------------------------------------------- command

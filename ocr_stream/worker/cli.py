@@ -22,7 +22,9 @@ DESCRIPTION = (
     "Consume page events (consumer group OCR_STREAM_CONSUMER_GROUP_WORKER), OCR each page with its engine, "
     "store the result and publish it to ocr.results. Keeps up to --max-in-flight pages open per process and "
     "pauses its partitions when that budget is full. SIGTERM stops fetching, drains within "
-    "OCR_STREAM_SHUTDOWN_GRACE_S, commits and exits 0. Delivery is at-least-once."
+    "OCR_STREAM_SHUTDOWN_GRACE_S, commits and exits 0. Delivery is at-least-once. Waits at start-up (up to "
+    "OCR_STREAM_STARTUP_DEADLINE_S) for the broker, its topics and the bucket; model servers are taken in as "
+    "they answer."
 )
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--processes must be at least 1")
     settings = apply_overrides(settings, args)
     engine_names = list(dict.fromkeys(args.engine or [settings.engine]))
+    # Model servers are not waited for: the engine pool takes them in and out as they answer,
+    # and /healthz is not ready until one does.
+    from ..topics import DLQ, PAGES, RESULTS
+    from ..wait import wait_for_dependencies
+
+    wait_for_dependencies(settings, need={"kafka", "topics", "storage"}, topics=[PAGES, RESULTS, DLQ])
     if args.processes == 1:
         return asyncio.run(serve(settings, engine_names=engine_names, burst=args.burst))
     return run_processes(settings, engine_names=engine_names, processes=args.processes, burst=args.burst)
