@@ -36,7 +36,6 @@ An answer that stops normally with no text is a blank page (markdown ""), not an
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
@@ -46,6 +45,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pybase64
 
 from ..config import Settings
 from ..contracts import Mode, Usage
@@ -324,7 +324,7 @@ class DeepSeekEngine(Engine):
         # The base64 image is ASCII without quotes or backslashes: splice it in instead of making
         # json.dumps scan a few hundred kilobytes per page.
         head, tail = json.dumps(body, separators=(",", ":"), ensure_ascii=False).split(_IMAGE_SLOT_JSON, 1)
-        return b"".join((head.encode(), b"data:", image.content_type.encode(), b";base64,", base64.b64encode(image.data), tail.encode()))
+        return b"".join((head.encode(), b"data:", image.content_type.encode(), b";base64,", pybase64.b64encode(image.data), tail.encode()))
 
     async def ocr(self, request: OcrRequest) -> OcrOutput:
         """OCR one page (see the module docstring for the errors)."""

@@ -7,11 +7,12 @@ Shapes follow vLLM >= 0.10 (``vllm/entrypoints/openai/protocol.py``): errors are
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
+
+import pybase64
 
 from .config import SimulatorConfig
 from .output import MODES, image_digest, image_size, prompt_tokens
@@ -185,7 +186,7 @@ def _decode_data_url(url: str) -> bytes:
     if not sep or not header.endswith(";base64") or not header[5:].startswith("image/"):
         raise bad_request("the image data URL must look like data:image/<type>;base64,<data>", "messages")
     try:
-        data = base64.b64decode(payload, validate=True)
+        data = pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise bad_request(f"the image data URL is not valid base64: {exc}", "messages") from exc
     if not data:

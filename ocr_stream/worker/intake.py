@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -233,6 +234,39 @@ class ConsumerThread(threading.Thread):
                 self.consumer.commit(offsets)
             except Exception as exc:  # noqa: BLE001 - e.g. partitions lost, not revoked: the new owner redoes
                 log.warning("commit on revoke failed: %s", exc)
+
+
+class LoopMailbox:
+    """Hands calls from other threads to an event loop in batches: one loop wake-up (a write to
+    its self-pipe) for all the calls posted until the loop gets to them, instead of one per call
+    as ``call_soon_threadsafe`` does. Delivery reports arrive in bursts of dozens per producer poll."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        """From any thread. Calls run on the loop in the order they were posted."""
+        self._calls.append((fn, args))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody waits for these any more
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        # Cleared before draining: a call posted meanwhile either is drained here or schedules
+        # another drain (at worst an empty one), never neither.
+        self._scheduled = False
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one bad callback must not drop the others
+                log.exception("callback from another thread failed")
 
 
 class DeliveryPoller(threading.Thread):

@@ -51,7 +51,7 @@ from ..topics import DLQ, PAGES, RESULTS
 from ..transport.base import Consumer, Producer, Record, TopicPartition, Transport
 from .budget import InFlightBudget
 from .images import check_image
-from .intake import ConsumerThread, DeliveryPoller
+from .intake import ConsumerThread, DeliveryPoller, LoopMailbox
 from .metrics import WorkerMetrics
 from .offsets import OffsetTracker
 from .retry import Action, Decision, RetryPolicy
@@ -122,6 +122,7 @@ class Worker:
         self._stop_requested = False
         self._exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mailbox: LoopMailbox | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._intake: ConsumerThread | None = None
@@ -154,6 +155,7 @@ class Worker:
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
+        self._mailbox = LoopMailbox(loop)
         self._stopping = asyncio.Event()
         # Storage calls run in threads (the MinIO SDK is synchronous); the default pool of
         # min(32, cores + 4) threads would cap them at 6 on a small host.
@@ -619,15 +621,15 @@ class Worker:
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Produce and wait for the broker's acknowledgement (acks=all), retrying a failed delivery."""
-        assert self._producer is not None and self._loop is not None
-        loop = self._loop
+        assert self._producer is not None and self._loop is not None and self._mailbox is not None
+        loop, mailbox = self._loop, self._mailbox
         attempts = 0
         while True:
             attempts += 1
             fut: asyncio.Future[None] = loop.create_future()
 
             def delivered(err: Exception | None, _rec: Record | None, fut: asyncio.Future[None] = fut) -> None:
-                loop.call_soon_threadsafe(_resolve, fut, err)
+                mailbox.post(_resolve, fut, err)
 
             self._producer.produce(topic, value, key, on_delivery=delivered)
             try:
