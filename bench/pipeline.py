@@ -84,6 +84,7 @@ def settings_env(s: Settings) -> dict[str, str]:
         "OCR_STREAM_VLLM_URLS": ",".join(s.vllm_urls),
         "OCR_STREAM_MAX_IN_FLIGHT": str(s.max_in_flight),
         "OCR_STREAM_ADAPTIVE_IN_FLIGHT": "true" if s.adaptive_in_flight else "false",
+        "OCR_STREAM_IMAGE_TRANSPORT": s.image_transport,
         "OCR_STREAM_METRICS_PORT": "0",
         "OCR_STREAM_LOG_LEVEL": "WARNING",
         "OCR_STREAM_STARTUP_DEADLINE_S": "60",
@@ -244,6 +245,8 @@ class RunSpec:
     max_num_seqs: int = 256
     tokens: int = 1000
     chunk_tokens: int = 16
+    image_transport: str = "inline"
+    """OCR_STREAM_IMAGE_TRANSPORT of the worker: ``inline`` or ``url``."""
     seed_engine: bool = False
 
     @property
@@ -300,7 +303,7 @@ def run_pipeline(spec: RunSpec, corpus: Corpus, services: Services, bucket: str,
     sim = SimulatorProcess.start(*_simulator_args(spec), die_with_parent=True)
     settings = services.settings(topic_prefix=f"bench{tag}.", bucket=bucket, vllm_urls=[sim.url], max_in_flight=spec.in_flight,
                                  adaptive_in_flight=False, consumer_group_worker=f"bench-w-{tag}",
-                                 consumer_group_aggregator=f"bench-a-{tag}")
+                                 consumer_group_aggregator=f"bench-a-{tag}", image_transport=spec.image_transport)
     conf: dict[str, Any] = dict(settings.kafka_client_config())
     admin_topics = TopicAdmin(conf, prefix=settings.topic_prefix)
     admin_topics.apply(load_specs())
@@ -383,7 +386,8 @@ def run_pipeline(spec: RunSpec, corpus: Corpus, services: Services, bucket: str,
         state0 = sim.state()
         w0, a0, s0 = cpu_seconds(worker_pids), cpu_seconds(agg_pids), cpu_seconds([sim.pid])
         log(f"{spec.name}: {spec.pages} pages, {spec.processes} process(es) x {spec.in_flight} in flight"
-            f"{' (seed engine)' if spec.seed_engine else ''}, simulator speed {spec.speed}, chunk tokens {spec.chunk_tokens}")
+            f"{' (seed engine)' if spec.seed_engine else ''}, simulator speed {spec.speed}, chunk tokens {spec.chunk_tokens}"
+        f"{', images by URL' if spec.image_transport == 'url' else ''}")
         t0 = time.time()
         publish(events)
         drain(f"run{tag}", want, t0 + timeout_s)

@@ -124,6 +124,8 @@ class Suite:
                 RunSpec("ocr-stream", pages=s.main_pages, in_flight=s.main_in_flight, speed=s.speed, tokens=s.tokens,
                         max_num_seqs=s.max_num_seqs),
                 RunSpec("first-plan", pages=s.seed_pages, in_flight=8, speed=s.speed, tokens=s.tokens, seed_engine=True),
+                RunSpec("image-url", pages=s.main_pages, in_flight=s.main_in_flight, speed=s.speed, tokens=s.tokens,
+                        max_num_seqs=s.max_num_seqs, image_transport="url"),
                 RunSpec("per-token-chunks", pages=s.per_token_pages, in_flight=s.per_token_in_flight,
                         speed=s.per_token_speed, tokens=s.tokens, chunk_tokens=1),
                 *[RunSpec(f"scale-{p}x{n}", pages=pages, in_flight=n, processes=p, speed=s.speed, tokens=s.tokens)
@@ -207,6 +209,7 @@ def build_targets(data: dict[str, Any], errors: dict[str, str]) -> list[Target]:
     """The table's lines from the collected figures (pure; a missing figure gives 'not measured')."""
     pipe = data.get("pipeline", {})
     main, seed, per_token = pipe.get("ocr-stream"), pipe.get("first-plan"), pipe.get("per-token-chunks")
+    by_url = pipe.get("image-url")
     out: list[Target] = []
 
     if _ok(main):
@@ -249,6 +252,8 @@ def build_targets(data: dict[str, Any], errors: dict[str, str]) -> list[Target]:
     for key, what, run, other, other_name in (
         ("worker_cpu_grouped", "worker CPU per page, chunks of 16 tokens (--stream-interval 16)", main, per_token, "one token"),
         ("worker_cpu_per_token", "worker CPU per page, one chunk per token (vLLM default)", per_token, main, "16 tokens"),
+        ("worker_cpu_image_url", "worker CPU per page, images by URL (OCR_STREAM_IMAGE_TRANSPORT=url)", by_url, main,
+         "16 tokens, images inline"),
     ):
         if _ok(run):
             assert run is not None
@@ -302,7 +307,7 @@ def scaling_rows(pipe: dict[str, Any]) -> list[list[Any]]:
     """One row per pipeline run of ocr-stream's worker with grouped chunks, by processes then in-flight."""
     rows = []
     for name, run in pipe.items():
-        if name in ("first-plan", "per-token-chunks") or not _ok(run):
+        if name in ("first-plan", "per-token-chunks", "image-url") or not _ok(run):
             continue
         spec = run["spec"]
         ideal = run["sim_best_at_in_flight_pages_per_s"]

@@ -110,6 +110,17 @@ class Settings(BaseSettings):
     backoff_max_s: float = Field(default=60.0, gt=0, description="Longest retry delay.")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="Time to finish in-flight pages on SIGTERM or partition revocation.")
     health_probe_interval_s: float = Field(default=5.0, gt=0, description="How often an ejected model server is probed.")
+    image_transport: Literal["inline", "url"] = Field(
+        default="inline",
+        description="How a page image reaches the model server: `inline` (the worker reads it and sends its bytes, base64) "
+        "or `url` (the worker checks its header and sends a presigned S3 URL that the server fetches; S3 storage only).",
+    )
+    image_url_endpoint: str | None = Field(
+        default=None,
+        description="With `url` transport: the S3 endpoint as the model servers reach it (`http(s)://host:port`); "
+        "default: the worker's own endpoint.",
+    )
+    image_url_expiry_s: int = Field(default=900, ge=60, le=86_400, description="With `url` transport: how long a presigned image URL stays valid.")
     inline_text_limit: int = Field(default=256 * 1024, ge=0, description="Results larger than this (bytes) travel by reference only.")
 
     # --- Producer ----------------------------------------------------------------------------

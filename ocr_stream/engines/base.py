@@ -22,6 +22,9 @@ class PageImage:
     width: int
     height: int
     content_type: str = "image/jpeg"
+    url: str | None = None
+    """Where the model server fetches the image itself (a presigned URL): then ``data`` holds only
+    the header that was checked, and engines that need the pixels must not use this image."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,9 @@ class Engine(ABC):
     """One OCR engine. ``ocr`` may be called concurrently up to the caller's in-flight budget."""
 
     name: str = "engine"
+    accepts_image_urls: bool = False
+    """True when the engine can pass ``PageImage.url`` on instead of reading ``data`` (a model server
+    that fetches images itself)."""
 
     async def start(self) -> None:
         """Open clients, discover the model, start health probes."""

@@ -85,6 +85,8 @@ class DeepSeekEngine(Engine):
     at the end. ``ocr`` may run concurrently up to ``max_in_flight``.
     """
 
+    accepts_image_urls = True  # vLLM fetches http(s) image URLs itself
+
     name = "deepseek"
 
     def __init__(
@@ -324,6 +326,8 @@ class DeepSeekEngine(Engine):
         # The base64 image is ASCII without quotes or backslashes: splice it in instead of making
         # json.dumps scan a few hundred kilobytes per page.
         head, tail = json.dumps(body, separators=(",", ":"), ensure_ascii=False).split(_IMAGE_SLOT_JSON, 1)
+        if image.url is not None:  # the server fetches it (OCR_STREAM_IMAGE_TRANSPORT=url)
+            return b"".join((head.encode(), json.dumps(image.url)[1:-1].encode(), tail.encode()))
         return b"".join((head.encode(), b"data:", image.content_type.encode(), b";base64,", pybase64.b64encode(image.data), tail.encode()))
 
     async def ocr(self, request: OcrRequest) -> OcrOutput:

@@ -69,9 +69,26 @@ def _check_type(body: dict[str, Any], key: str, types: tuple[type, ...], what: s
     return value
 
 
-def parse_chat_request(body: Any, config: SimulatorConfig) -> ParsedRequest:
+def image_urls(body: Any) -> list[str]:
+    """The http(s) image URLs of a request body (the server fetches them before parsing, as
+    vLLM's media connector does); malformed bodies give none and fail in parse_chat_request."""
+    out: list[str] = []
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for msg in messages if isinstance(messages, list) else ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if isinstance(url, str) and url.startswith(("http://", "https://")):
+                    out.append(url)
+    return out
+
+
+def parse_chat_request(body: Any, config: SimulatorConfig, fetched: dict[str, bytes] | None = None) -> ParsedRequest:
     """Validate a chat completion request as vLLM would; raise :class:`ApiError` on the first
-    problem. Unknown fields are ignored, as in vLLM."""
+    problem. Unknown fields are ignored, as in vLLM. ``fetched``: the bytes of the request's
+    http(s) image URLs (see :func:`image_urls`)."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     model = body.get("model")
@@ -154,7 +171,7 @@ def parse_chat_request(body: Any, config: SimulatorConfig) -> ParsedRequest:
     digest: bytes | None = None
     size: tuple[int, int] | None = None
     if images:
-        image = _decode_data_url(images[0])
+        image = (fetched or {}).get(images[0]) or _decode_data_url(images[0])
         try:
             digest = image_digest(image)
             size = image_size(image, digest=digest)
@@ -179,9 +196,9 @@ def parse_chat_request(body: Any, config: SimulatorConfig) -> ParsedRequest:
 
 def _decode_data_url(url: str) -> bytes:
     if url.startswith(("http://", "https://")):
-        raise bad_request("the simulator does not fetch image URLs; send the image inline as a data:image/...;base64 URL", "messages")
+        raise bad_request("the image URL was not fetched", "messages")
     if not url.startswith("data:"):
-        raise bad_request(f"unsupported image URL scheme in {url[:40]!r}; expected a data:image/...;base64 URL", "messages")
+        raise bad_request(f"unsupported image URL scheme in {url[:40]!r}; expected http(s) or a data:image/...;base64 URL", "messages")
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64") or not header[5:].startswith("image/"):
         raise bad_request("the image data URL must look like data:image/<type>;base64,<data>", "messages")

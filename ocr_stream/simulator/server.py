@@ -27,7 +27,7 @@ from .batching import BatchModel, SimRequest
 from .config import DEFAULT_MODEL, SimulatorConfig, with_overrides
 from .faults import FaultConfig, FaultInjector, coerce_faults
 from .output import detokenize, extend_pieces, image_seed, page_output, repeating_pieces
-from .protocol import ApiError, ParsedRequest, bad_request, dumps, parse_chat_request
+from .protocol import ApiError, ParsedRequest, bad_request, dumps, image_urls, parse_chat_request
 
 __all__ = ["DEFAULT_MODEL", "ApiError", "Engine", "SimulatorConfig", "SimulatorServer", "parse_chat_request", "with_overrides"]
 
@@ -37,6 +37,7 @@ VLLM_VERSION = "0.26.0"
 # vLLM's buckets for vllm:e2e_request_latency_seconds.
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 MAX_BODY_BYTES = 64 * 1024 * 1024
+IMAGE_FETCH_TIMEOUT_S = 5.0  # vLLM: VLLM_IMAGE_FETCH_TIMEOUT
 
 
 class _Watch:
@@ -172,6 +173,9 @@ class SimulatorServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._created = int(time.time())
+        self._http: Any = None  # aiohttp.ClientSession for image URLs, made on first use
+        self.images_fetched = 0
+        """Images fetched from http(s) URLs (OCR_STREAM_IMAGE_TRANSPORT=url)."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -221,6 +225,9 @@ class SimulatorServer:
             self._runner = None
         if self._engine is not None:
             await self._engine.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def start_in_thread(self, timeout_s: float = 10.0) -> str:
         """Run the server on its own event loop in a daemon thread; return its URL when ready."""
@@ -331,6 +338,7 @@ class SimulatorServer:
             "waiting": model.num_waiting if model else 0,
             "ngram_running": model.num_ngram_running if model else 0,
             "finished": model.finished_total if model else 0,
+            "images_fetched": self.images_fetched,
             "model_time_s": model.clock if model else 0.0,
             "running_seconds": model.running_seconds if model else 0.0,
             "aborted": model.aborted_total if model else 0,
@@ -405,10 +413,38 @@ class SimulatorServer:
             early = await self._early_fault(request, fault, stream=stream)
             if early is not None:
                 return early
-            parsed = parse_chat_request(body, self.config)
+            fetched = {url: await self._fetch_image(url) for url in image_urls(body)[: self.config.limit_images]}
+            parsed = parse_chat_request(body, self.config, fetched)
         except ApiError as err:
             return _error_response(err)
         return await self._complete(request, parsed, fault)
+
+    async def _fetch_image(self, url: str) -> bytes:
+        """GET an http(s) image URL, as vLLM's media connector does (its default fetch timeout is
+        5 s); a failure is a 400 naming the URL's host, never its query (it may carry a signature)."""
+        import aiohttp
+
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=IMAGE_FETCH_TIMEOUT_S))
+        where = url.split("?", 1)[0]
+        try:
+            async with self._http.get(url) as resp:
+                if resp.status != 200:
+                    raise bad_request(f"Failed to fetch image from {where}: HTTP {resp.status}", "messages")
+                parts: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        break
+                data = b"".join(parts)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise bad_request(f"Failed to fetch image from {where}: {type(exc).__name__}", "messages") from exc
+        if len(data) > MAX_BODY_BYTES:
+            raise bad_request(f"Failed to fetch image from {where}: larger than {MAX_BODY_BYTES} bytes", "messages")
+        self.images_fetched += 1
+        return data
 
     async def _early_fault(self, request: web.Request, fault: str, *, stream: bool) -> web.StreamResponse | None:
         cfg = self.faults.state.config

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 
 from ..contracts import ObjectRef
-from ..errors import ForbiddenLocationError
+from ..errors import ConfigError, ForbiddenLocationError
 
 
 def page_image_key(doc_id: str, page_no: int, ext: str = "jpg") -> str:
@@ -81,6 +81,14 @@ class ObjectStore(ABC):
 
     async def aput(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         return await asyncio.to_thread(self.put, key, data, content_type)
+
+    async def aget_head(self, ref: ObjectRef, length: int) -> bytes:
+        """The first ``length`` bytes of an object (all of it when it is shorter)."""
+        return (await self.aget(ref))[:length]
+
+    def presign_get(self, ref: ObjectRef, expires_s: int) -> str:
+        """A URL that lets its holder read this one object for ``expires_s`` seconds."""
+        raise ConfigError(f"{type(self).__name__} cannot hand out object URLs: OCR_STREAM_IMAGE_TRANSPORT=url needs S3 storage")
 
     def close(self) -> None:
         """Release connections."""

@@ -60,6 +60,7 @@ class S3Store(ObjectStore):
         allowed_buckets: Iterable[str] = (),
         endpoint: str = "",
         fast: dict[str, Any] | None = None,
+        signing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(bucket=bucket, allowed_buckets=allowed_buckets)
         self.client = client
@@ -67,6 +68,9 @@ class S3Store(ObjectStore):
         # obstore's store options (endpoint, credentials, client options); None: MinIO SDK only.
         self._fast_options = fast
         self._fast_stores: dict[str, Any] = {}
+        # obstore options for signing URLs only (never used to connect): see presign_get.
+        self._signing_options = signing
+        self._signers: dict[str, Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, *, pool_size: int = 64) -> S3Store:
@@ -90,8 +94,15 @@ class S3Store(ObjectStore):
                 retry_config={"max_retries": 2, "retry_timeout": timedelta(seconds=10),
                               "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2), "base": 2}},
             )
+        own = f"{'https' if settings.s3_secure else 'http'}://{settings.s3_endpoint}"
+        public = settings.image_url_endpoint or own
+        signing = dict(
+            endpoint=public, access_key_id=settings.s3_access_key.get_secret_value(),
+            secret_access_key=settings.s3_secret_key.get_secret_value(), region=settings.s3_region or "us-east-1",
+            virtual_hosted_style_request=False, client_options={"allow_http": public.startswith("http://")},
+        )
         return cls(client, bucket=settings.bucket, allowed_buckets=settings.readable_buckets,
-                   endpoint=settings.s3_endpoint, fast=fast)
+                   endpoint=settings.s3_endpoint, fast=fast, signing=signing)
 
     def _fast(self, bucket: str) -> Any | None:
         """The obstore store of ``bucket`` (one per bucket, made on first use), or None."""
@@ -184,6 +195,41 @@ class S3Store(ObjectStore):
             return bytes(await result.bytes_async())
         except Exception as exc:  # noqa: BLE001 - mapped to our error tree
             raise self._fast_error(f"get {ref}", exc) from exc
+
+    async def aget_head(self, ref: ObjectRef, length: int) -> bytes:
+        self.check_readable(ref)
+        fast = self._fast(ref.bucket)
+        if fast is None:
+            return await asyncio.to_thread(lambda: self._call(f"get {ref}", self._head_sync, ref, length))
+        import obstore
+
+        try:
+            result = await obstore.get_async(fast, ref.key, options={"range": (0, length)})
+            return bytes(await result.bytes_async())
+        except Exception as exc:  # noqa: BLE001 - mapped to our error tree
+            raise self._fast_error(f"get {ref}", exc) from exc
+
+    def _head_sync(self, ref: ObjectRef, length: int) -> bytes:
+        resp = self.client.get_object(ref.bucket, ref.key, offset=0, length=length)
+        try:
+            return bytes(resp.read())
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def presign_get(self, ref: ObjectRef, expires_s: int) -> str:
+        """Signed locally (no request): for the endpoint the model servers reach, which may differ
+        from ours (``image_url_endpoint``)."""
+        self.check_readable(ref)
+        if self._signing_options is None:
+            return super().presign_get(ref, expires_s)
+        import obstore
+        from obstore.store import S3Store as _ObStore
+
+        signer = self._signers.get(ref.bucket)
+        if signer is None:
+            signer = self._signers[ref.bucket] = _ObStore(ref.bucket, **self._signing_options)
+        return str(obstore.sign(signer, "GET", ref.key, timedelta(seconds=expires_s)))
 
     async def aput(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         ref = self.ref(key)

@@ -22,6 +22,7 @@ committed are read again by the partition's next owner (at-least-once; the aggre
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -36,8 +37,10 @@ from ..config import Settings
 from ..contracts import DeadLetter, ErrorInfo, PageEvent, PageResult, PageStatus, decode, encode, is_valid_doc_id
 from ..engines.base import Engine, OcrOutput, OcrRequest, PageImage
 from ..errors import (
+    BadInputError,
     BrokerUnavailableError,
     ConfigError,
+    CorruptDocumentError,
     ErrorCode,
     InternalError,
     LengthError,
@@ -45,6 +48,7 @@ from ..errors import (
     OcrStreamError,
     SchemaViolationError,
     StorageUnavailableError,
+    UnsupportedTypeError,
 )
 from ..storage.base import ObjectStore, page_result_key
 from ..topics import DLQ, PAGES, RESULTS
@@ -57,6 +61,9 @@ from .offsets import OffsetTracker
 from .retry import Action, Decision, RetryPolicy
 
 log = logging.getLogger(__name__)
+
+# Enough for the header of a JPEG with EXIF and an ICC profile, a PNG or a WebP.
+_IMAGE_HEAD_BYTES = 64 * 1024
 
 _RAW_LIMIT = 65536
 
@@ -86,6 +93,9 @@ class Worker:
     ) -> None:
         if not engines:
             raise ConfigError("a worker needs at least one engine")
+        if (settings.image_transport == "url" and any(e.accepts_image_urls for e in engines.values())
+                and type(store).presign_get is ObjectStore.presign_get):
+            raise ConfigError(f"OCR_STREAM_IMAGE_TRANSPORT=url needs S3 storage; {type(store).__name__} cannot hand out object URLs")
         self.settings = settings
         self.transport = transport
         self.store = store
@@ -443,17 +453,30 @@ class Worker:
             self.metrics.queue_seconds.observe(queued)
         repetition_control = self.policy.initial_repetition_control()
         image: PageImage | None = None
+        inline = False
         attempts = 0
         while True:
             attempts += 1
             try:
-                if image is None:
-                    image = await self._fetch_image(page)
+                if image is None or image.url is not None:  # a presigned URL is signed afresh for each attempt
+                    image = await self._fetch_image(page, inline=inline)
                 await self._wait_for_server(engine)
                 out = await self._call_engine(engine, page, image, repetition_control, attempts)
                 break
             except asyncio.CancelledError:
                 raise
+            except BadInputError as exc:
+                if image is None or image.url is None or inline:
+                    decision = self.policy.decide(exc, attempts=attempts, repetition_control=repetition_control, rng=self.rng)
+                    await self._fail(rec, page, exc, decision, attempts)
+                    return
+                # Refused with the image by URL: the server may have failed to fetch it (storage
+                # unreachable from there, a URL expired in a queue). The page is bad only if it
+                # is refused with its bytes too: try once more, inline.
+                inline, image = True, None
+                self.metrics.retries.labels(exc.code.value).inc()
+                log.warning("the model server refused the page by image URL; retrying with the image inline",
+                            extra={**ctx, "attempt": attempts, "error": str(exc)[:500]})
             except Exception as exc:  # noqa: BLE001 - classified by type in the retry policy
                 decision = self.policy.decide(exc, attempts=attempts, repetition_control=repetition_control, rng=self.rng)
                 if not decision.retry and isinstance(exc, StorageUnavailableError):
@@ -491,11 +514,27 @@ class Worker:
             if await engine.healthy():
                 return
 
-    async def _fetch_image(self, page: PageEvent) -> PageImage:
+    async def _fetch_image(self, page: PageEvent, *, inline: bool = False) -> PageImage:
         # The allow-list is checked before any I/O: a message never makes us fetch elsewhere.
         self.store.check_readable(page.image)
+        if not inline and self.settings.image_transport == "url" and self.engines[page.engine].accepts_image_urls:
+            return await self._image_by_url(page)
         data = await self.store.aget(page.image)
         return check_image(data, max_pixels=self.settings.max_page_pixels)
+
+    async def _image_by_url(self, page: PageEvent) -> PageImage:
+        """OCR_STREAM_IMAGE_TRANSPORT=url: check the image's type and pixel count from its first
+        bytes, then hand the server a presigned URL instead of the bytes. An image whose header
+        does not fit in the first read is read whole and checked as for inline transport."""
+        head = await self.store.aget_head(page.image, _IMAGE_HEAD_BYTES)
+        try:
+            checked = check_image(head, max_pixels=self.settings.max_page_pixels)
+        except (CorruptDocumentError, UnsupportedTypeError):
+            if len(head) < _IMAGE_HEAD_BYTES:
+                raise  # the whole image was read: it is bad
+            checked = check_image(await self.store.aget(page.image), max_pixels=self.settings.max_page_pixels)
+        url = self.store.presign_get(page.image, self.settings.image_url_expiry_s)
+        return dataclasses.replace(checked, data=b"", url=url)
 
     async def _call_engine(self, engine: Engine, page: PageEvent, image: PageImage, repetition_control: bool, attempts: int) -> OcrOutput:
         request = OcrRequest(

@@ -32,12 +32,12 @@ def test_quick_suite_writes_results_and_a_table(services: dict[str, str], tmp_pa
     assert doc["quick"] is True and doc["errors"] == {}
     keys = [t["key"] for t in doc["targets"]]
     assert keys == ["pipeline_efficiency", "vs_first_plan", "producer_per_core", "worker_cpu_grouped",
-                    "worker_cpu_per_token", "memory", "tesseract"]
+                    "worker_cpu_per_token", "worker_cpu_image_url", "memory", "tesseract"]
     # Every target was measured (met or not is the benchmark's business, not this test's).
     for t in doc["targets"]:
         assert t["value"] is not None and t["error"] is None, t
     runs = doc["data"]["pipeline"]
-    for name in ("ocr-stream", "first-plan", "per-token-chunks"):
+    for name in ("ocr-stream", "first-plan", "per-token-chunks", "image-url"):
         assert runs[name]["failed_pages"] == 0 and runs[name]["pages"] == runs[name]["spec"]["pages"], runs[name]
         assert runs[name]["completion_tokens_per_page"] == runs[name]["spec"]["tokens"]
     for line in ("pipeline vs the simulator", "first plan", "producer", "worker CPU", "peak RSS", "Tesseract"):

@@ -5,6 +5,7 @@ model discovery, API key, adaptive in-flight scraping."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import time
@@ -113,6 +114,10 @@ def test_request_extras_only_when_asked(simulator: Any) -> None:
             content = plain["messages"][0]["content"]
             assert content[0]["image_url"]["url"].startswith("data:image/jpeg;base64,/9j/")
             assert content[1]["text"] == "<|grounding|>Convert the document to markdown."  # no second <image>
+            url = 'http://minio:9000/b/pages/d/1.jpg?X-Amz-Credential=k%2F2026&X-Amz-Signature=ab"\\'
+            by_url = request()
+            by_url = dataclasses.replace(by_url, image=dataclasses.replace(by_url.image, data=b"", url=url))
+            assert json.loads(eng.build_body(by_url, "m"))["messages"][0]["content"][0]["image_url"]["url"] == url
             extra = json.loads(eng.build_body(request(mode=Mode.BASE, repetition_control=True), "m"))
             assert extra["mm_processor_kwargs"] == {"mode": "base"}
             assert extra["vllm_xargs"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [128821, 128822]}

@@ -18,6 +18,7 @@ from ocr_stream.simulator.output import TokenDistribution
 from ocr_stream.storage import open_store
 from ocr_stream.transport.kafka import KafkaTransport
 from ocr_stream.worker.service import Worker
+from stack import free_port as stack_free_port
 from worker_helpers import PeakSampler, WorkerThread, committed_everything, dead_letters, results, submit
 
 pytestmark = pytest.mark.integration
@@ -176,3 +177,65 @@ def test_metrics_and_healthz(make_settings: Any, simulator: Any) -> None:
     finally:
         wt.stop()
     assert wt.join(30) == 0
+
+
+def _jpeg_with_a_large_header() -> bytes:
+    """A ~1 MB JPEG (noise) whose frame header comes after a 100 KB ICC profile: beyond the worker's
+    first read, and large enough that the server receives it in many pieces."""
+    import io
+    import random
+
+    from PIL import Image
+
+    noise = random.Random(7).randbytes(700 * 700 * 3)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (700, 700), noise).save(buf, format="JPEG", quality=95, icc_profile=bytes(100_000))
+    assert len(buf.getvalue()) > 500_000
+    return buf.getvalue()
+
+
+def test_image_transport_url_sends_presigned_urls_that_the_server_fetches(make_settings: Any, simulator: Any) -> None:
+    sim = simulator(speed=200, max_num_seqs=64)
+    settings, transport, store = setup(make_settings, sim, image_transport="url", max_attempts=2)
+    images: dict[tuple[str, int], bytes | None] = {("doc-u", 5): b"%PDF-1.7 not an image", ("doc-u", 6): _jpeg_with_a_large_header()}
+    submit(settings, transport, store, {"doc-u": 6}, images=images)
+    w = worker(settings, transport, store, burst=True, burst_idle_s=1.0)
+    assert asyncio.run(asyncio.wait_for(w.run(), 90)) == 0
+    got = {r.page_no: r for r in results(settings, transport, 6)}
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    errors = {n: got[n].error for n in (1, 2, 3, 4, 6) if got[n].status is not PageStatus.OK}
+    assert not errors, errors
+    assert all(got[n].markdown for n in (1, 2, 3, 4, 6))
+    assert got[5].status is PageStatus.FAILED and got[5].error is not None and got[5].error.code is ErrorCode.UNSUPPORTED_TYPE
+    assert [d.error.code for d in dead_letters(settings, transport, 1)] == [ErrorCode.UNSUPPORTED_TYPE]
+    # The server fetched every good image itself (page 6 after the worker read it whole to check
+    # its header); the bad one never reached it.
+    assert sim.state()["images_fetched"] == 5
+    assert committed_everything(settings, transport, PAGES_PARTITIONS)
+
+
+def test_image_transport_url_falls_back_to_inline_when_the_server_cannot_fetch(make_settings: Any, simulator: Any) -> None:
+    """A model server that cannot reach the storage refuses the URL (400): the page is retried with
+    its bytes, not failed as bad input."""
+    sim = simulator(speed=200, max_num_seqs=64)
+    settings, transport, store = setup(make_settings, sim, image_transport="url", max_attempts=2,
+                                       image_url_endpoint=f"http://127.0.0.1:{stack_free_port()}")
+    submit(settings, transport, store, {"doc-f": 3})
+    w = worker(settings, transport, store, burst=True, burst_idle_s=1.0)
+    assert asyncio.run(asyncio.wait_for(w.run(), 90)) == 0
+    got = results(settings, transport, 3)
+    assert sorted(r.page_no for r in got if r.status is PageStatus.OK) == [1, 2, 3]
+    assert sim.state()["images_fetched"] == 0
+
+
+def test_image_transport_url_needs_s3_storage(tmp_path: Any) -> None:
+    from ocr_stream.config import load_settings
+    from ocr_stream.errors import ConfigError
+    from ocr_stream.storage import LocalStore
+    from ocr_stream.transport.memory import MemoryTransport
+
+    settings = load_settings(storage="local", local_storage_path=tmp_path, image_transport="url")
+    with pytest.raises(ConfigError, match="needs S3 storage"):
+        Worker(settings, transport=MemoryTransport(), store=LocalStore(tmp_path, bucket=settings.bucket),
+               engines={"deepseek": DeepSeekEngine.from_settings(settings)})
+

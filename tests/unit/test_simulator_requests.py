@@ -86,7 +86,8 @@ def test_malformed_requests_are_400_naming_the_problem(payload: Any, needle: str
 
 
 def test_bad_images_are_400() -> None:
-    assert "does not fetch image URLs" in reject(body("https://example.com/page.jpg")).message
+    assert "not fetched" in reject(body("https://example.com/page.jpg")).message  # the server fetches first
+    assert "data:image" in reject(body("ftp://example.com/page.jpg")).message
     assert "data:image" in reject(body("file:///etc/passwd")).message
     assert "not valid base64" in reject(body("data:image/jpeg;base64,!!!not-base64!!!")).message
     assert "cannot be decoded as an image" in reject(body(data_url(b"this is not an image at all"))).message
