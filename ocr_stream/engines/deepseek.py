@@ -638,6 +638,15 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _error_detail(raw: bytes) -> str:
+    """The server's error message, with the query of any URL in it removed: a server that could
+    not fetch an image by URL may quote the presigned URL, whose query is a read credential."""
+    return _URL_QUERY_RE.sub(r"\1?...", _error_message(raw))
+
+
+_URL_QUERY_RE = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
+
+
+def _error_message(raw: bytes) -> str:
     try:
         data = json.loads(raw)
     except ValueError:

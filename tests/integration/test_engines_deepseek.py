@@ -681,3 +681,13 @@ def test_blank_page_is_not_an_error() -> None:
 def test_bad_streams_are_typed(body: bytes, error: type[Exception], words: str) -> None:
     with pytest.raises(error, match=words):
         run(lambda: answer(body))
+
+
+def test_error_messages_never_carry_the_query_of_a_url() -> None:
+    """A server that could not fetch an image by URL may quote it; its query is a read credential."""
+    from ocr_stream.engines.deepseek import _error_detail
+
+    raw = b'{"error": {"message": "Failed to fetch http://minio:9000/b/p.jpg?X-Amz-Signature=deadbeef&X-Amz-Expires=900 (timeout)"}}'
+    detail = _error_detail(raw)
+    assert "deadbeef" not in detail and "X-Amz" not in detail
+    assert "http://minio:9000/b/p.jpg?..." in detail and "(timeout)" in detail
