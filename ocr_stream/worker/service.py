@@ -465,19 +465,16 @@ class Worker:
                 break
             except asyncio.CancelledError:
                 raise
-            except BadInputError as exc:
-                if image is None or image.url is None or inline:
-                    decision = self.policy.decide(exc, attempts=attempts, repetition_control=repetition_control, rng=self.rng)
-                    await self._fail(rec, page, exc, decision, attempts)
-                    return
-                # Refused with the image by URL: the server may have failed to fetch it (storage
-                # unreachable from there, a URL expired in a queue). The page is bad only if it
-                # is refused with its bytes too: try once more, inline.
-                inline, image = True, None
-                self.metrics.retries.labels(exc.code.value).inc()
-                log.warning("the model server refused the page by image URL; retrying with the image inline",
-                            extra={**ctx, "attempt": attempts, "error": str(exc)[:500]})
             except Exception as exc:  # noqa: BLE001 - classified by type in the retry policy
+                if isinstance(exc, BadInputError) and image is not None and image.url is not None and not inline:
+                    # Refused with the image by URL: the server may have failed to fetch it (storage
+                    # unreachable from there, a URL expired in a queue). The page is bad only if it
+                    # is refused with its bytes too: try once more, inline.
+                    inline, image = True, None
+                    self.metrics.retries.labels(exc.code.value).inc()
+                    log.warning("the model server refused the page by image URL; retrying with the image inline",
+                                extra={**ctx, "attempt": attempts, "error": str(exc)[:500]})
+                    continue
                 decision = self.policy.decide(exc, attempts=attempts, repetition_control=repetition_control, rng=self.rng)
                 if not decision.retry and isinstance(exc, StorageUnavailableError):
                     # Storage down is not the page's fault: failing it would turn an outage into
