@@ -120,11 +120,11 @@ class Consumer(ABC):
         """Records behind the end of each assigned partition (best effort)."""
         return {}
 
+    @abstractmethod
     def watermarks(self, partitions: list[TopicPartition], timeout_s: float = 5.0) -> dict[TopicPartition, tuple[int, int]]:
         """First and end offset of each partition, asked of the broker now (the end is the last
         stable offset for a read_committed consumer). Raises BrokerUnavailableError when it cannot
-        answer in time; an empty answer means the transport cannot tell."""
-        return {}
+        answer in time."""
 
 
 class Transport(ABC):

@@ -62,8 +62,6 @@ class ConsumerThread(threading.Thread):
         # of the broker, for burst mode's "everything published before the assignment is done".
         self._need_ends: set[TopicPartition] = set()
         self._next_ends = 0.0
-        self.ends_supported = True
-        """False once the transport said it cannot tell a partition's end offsets."""
         self.assigned: set[TopicPartition] = set()
         """The partitions this consumer owns now (written by this thread, in the rebalance callbacks)."""
         self._revoke_timeout_s = revoke_timeout_s
@@ -188,14 +186,12 @@ class ConsumerThread(threading.Thread):
             return
         try:
             marks = self.consumer.watermarks(tps)
-            committed = self.consumer.committed(tps, timeout_s=5.0) if marks else {}
+            committed = self.consumer.committed(tps, timeout_s=5.0)
         except Exception as exc:  # noqa: BLE001 - asked again shortly
             log.info("partition offsets not available yet: %s", exc)
             self._next_ends = now + 1.0
             return
         self._need_ends.difference_update(tps)
-        if not marks:
-            self.ends_supported = False
         # Where the group has no committed offset, the consumer starts at the first offset
         # (auto.offset.reset=earliest).
         ends = {tp: (start if (start := committed.get(tp)) is not None else lo, hi) for tp, (lo, hi) in marks.items()}

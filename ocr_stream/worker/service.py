@@ -124,7 +124,6 @@ class Worker:
         self._received = 0
         self._last_record = time.monotonic()
         self._lag: dict[TopicPartition, int] = {}
-        self._lag_supported = False
         # Burst mode: per owned partition, where the consumer started and where the partition
         # ended when it was assigned (asked of the broker then).
         self._burst_ends: dict[TopicPartition, tuple[int, int]] = {}
@@ -175,7 +174,6 @@ class Worker:
         self.budget.update(e.suggested_in_flight() for e in self.engines.values())
         self._producer = self.transport.producer(name=f"{self.name}-results")
         self._consumer = self.transport.consumer(self.settings.consumer_group_worker, name=self.name)
-        self._lag_supported = type(self._consumer).lag is not Consumer.lag
         self._poller = DeliveryPoller(self._producer, poll_s=0.5, name=f"{self.name}-delivery")
         self._intake = ConsumerThread(
             self._consumer,
@@ -301,14 +299,7 @@ class Worker:
         for tp in owned:
             ends = self._burst_ends.get(tp)
             if ends is None:
-                if intake.ends_supported:
-                    return False  # not asked yet
-                # A transport that cannot tell: lag zero where it is known; an already drained
-                # partition may never report one, so it counts as done after a longer quiet time.
-                if quiet < self.burst_idle_s or self._lag.get(tp, 0) or (self._lag_supported and tp not in self._lag
-                                                                         and quiet < 3 * self.burst_idle_s):
-                    return False
-                continue
+                return False  # not asked of the broker yet
             start, end = ends
             point = self.tracker.commit_point(tp)
             if max(start, point if point is not None else start) >= end:
