@@ -169,7 +169,11 @@ class S3Store(ObjectStore):
                 return bytes(obstore.get(fast, ref.key).bytes())
             except Exception as exc:  # noqa: BLE001 - mapped to our error tree
                 raise self._fast_error(f"get {ref}", exc) from exc
-        resp = self._call(f"get {ref}", self.client.get_object, ref.bucket, ref.key)
+        return self._read(ref)
+
+    def _read(self, ref: ObjectRef, length: int = 0) -> bytes:
+        """The object through the MinIO SDK: all of it, or its first ``length`` bytes."""
+        resp = self._call(f"get {ref}", self.client.get_object, ref.bucket, ref.key, offset=0, length=length)
         try:
             return bytes(resp.read())
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -200,7 +204,7 @@ class S3Store(ObjectStore):
         self.check_readable(ref)
         fast = self._fast(ref.bucket)
         if fast is None:
-            return await asyncio.to_thread(lambda: self._call(f"get {ref}", self._head_sync, ref, length))
+            return await asyncio.to_thread(self._read, ref, length)
         import obstore
 
         try:
@@ -208,14 +212,6 @@ class S3Store(ObjectStore):
             return bytes(await result.bytes_async())
         except Exception as exc:  # noqa: BLE001 - mapped to our error tree
             raise self._fast_error(f"get {ref}", exc) from exc
-
-    def _head_sync(self, ref: ObjectRef, length: int) -> bytes:
-        resp = self.client.get_object(ref.bucket, ref.key, offset=0, length=length)
-        try:
-            return bytes(resp.read())
-        finally:
-            resp.close()
-            resp.release_conn()
 
     def presign_get(self, ref: ObjectRef, expires_s: int) -> str:
         """Signed locally (no request): for the endpoint the model servers reach, which may differ
