@@ -14,13 +14,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pymupdf
 import pytest
 from harness import Pipeline
 from PIL import Image
 
 from ocr_stream.contracts import ObjectRef, PageEvent, RenderSettings, encode
-from ocr_stream.producer.bench import make_encrypted_pdf, make_pdf, png_with_header
+from ocr_stream.producer.bench import make_encrypted_pdf, make_pdf, make_pdf_with_huge_image, png_with_header
 from ocr_stream.storage.base import page_image_key
 from ocr_stream.topics import PAGES
 
@@ -39,14 +38,7 @@ def bad_files(folder: Path) -> dict[str, str]:
         b"trailer<</Root 1 0 R/Size 3>>\n%%EOF\n")
     make_pdf(folder / "enormous.pdf", 30, lines=1)  # over OCR_STREAM_MAX_PAGES=20 (set below)
     (folder / "bomb.png").write_bytes(png_with_header(100_000, 100_000))
-    doc = pymupdf.open()
-    page = doc.new_page()
-    buf = io.BytesIO()
-    Image.new("RGB", (20, 20), "red").save(buf, "PNG")
-    xref = page.insert_image(pymupdf.Rect(0, 0, 100, 100), stream=buf.getvalue())
-    doc.xref_set_key(xref, "Width", "60000")
-    doc.xref_set_key(xref, "Height", "60000")
-    doc.save(folder / "bomb-inside.pdf")
+    make_pdf_with_huge_image(folder / "bomb-inside.pdf")
     gif = io.BytesIO()
     Image.new("RGB", (10, 10)).save(gif, "GIF")
     (folder / "really-a-gif.pdf").write_bytes(gif.getvalue())

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ocr_stream.contracts import Mode
 from ocr_stream.errors import CorruptDocumentError, EncryptedDocumentError, LimitExceededError, UnsupportedTypeError
-from ocr_stream.producer.bench import make_encrypted_pdf, make_image, make_pdf, make_tiff, png_with_header
+from ocr_stream.producer.bench import make_encrypted_pdf, make_image, make_pdf, make_pdf_with_huge_image, make_tiff, png_with_header
 from ocr_stream.producer.detect import DocType
 from ocr_stream.producer.limits import Limits
 from ocr_stream.producer.render import RenderSpec, open_source
@@ -102,15 +102,7 @@ def test_pdf_limits(tmp_path: Path) -> None:
 
 
 def test_pdf_with_a_huge_embedded_image_is_refused_before_decoding(tmp_path: Path) -> None:
-    doc = pymupdf.open()
-    doc.new_page()
-    page = doc.new_page()
-    buf = io.BytesIO()
-    Image.new("RGB", (20, 20), "red").save(buf, "PNG")
-    xref = page.insert_image(pymupdf.Rect(0, 0, 100, 100), stream=buf.getvalue())
-    doc.xref_set_key(xref, "Width", "60000")
-    doc.xref_set_key(xref, "Height", "60000")
-    doc.save(tmp_path / "bomb.pdf")
+    make_pdf_with_huge_image(tmp_path / "bomb.pdf", blank_pages_before=1)
     with pytest.raises(LimitExceededError, match="page 2: an embedded image is 60000x60000"):
         _open(tmp_path / "bomb.pdf")
 
