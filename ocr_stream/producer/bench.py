@@ -105,16 +105,17 @@ def png_with_header(width: int, height: int) -> bytes:
 def make_pdf_with_huge_image(path: Path, *, blank_pages_before: int = 0, claimed: int = 60_000) -> Path:
     """A PDF whose last page embeds a tiny image that claims ``claimed`` x ``claimed`` pixels: a
     decompression bomb inside a PDF, for tests."""
-    doc = _pymupdf.open()
+    doc = pymupdf.open()
     for _ in range(blank_pages_before):
         doc.new_page()
     page = doc.new_page()
     buf = io.BytesIO()
     Image.new("RGB", (20, 20), "red").save(buf, "PNG")
-    xref = page.insert_image(_pymupdf.Rect(0, 0, 100, 100), stream=buf.getvalue())
+    xref = page.insert_image(pymupdf.Rect(0, 0, 100, 100), stream=buf.getvalue())
     doc.xref_set_key(xref, "Width", str(claimed))
     doc.xref_set_key(xref, "Height", str(claimed))
-    doc.save(path)
+    doc.save(str(path))
+    doc.close()
     return path
 
 
